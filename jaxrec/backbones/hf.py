@@ -1,0 +1,360 @@
+"""Loading Hugging Face checkpoints (safetensors + config.json) into linen parameter trees.
+
+Paper context: IISAN (Fu et al., SIGIR 2024), spec `iisan.md` §1.1 — the frozen backbones are
+the public Hugging Face checkpoints (`bert-base-uncased`, `google/vit-base-patch16-224`, ...);
+IISAN-Versa (arXiv 2411.02992) §2.2 adds decoder LLMs. jaxrec writes those backbones itself in
+linen and reads the checkpoint files directly, without torch (DESIGN.md, "Own backbones").
+
+What a hub checkpoint looks like on disk (this is what the functions below expect):
+
+* ``config.json`` — the model configuration (read by :func:`read_config`);
+* either one ``model.safetensors`` file, or several shards named in
+  ``model.safetensors.index.json`` whose ``weight_map`` maps each tensor name to its shard
+  (read by :func:`read_safetensors`);
+* tensors use PyTorch names and layouts: a ``torch.nn.Linear`` weight is ``[out, in]`` (so a
+  linen ``Dense`` kernel ``[in, out]`` is its transpose, :func:`linear_kernel`), a
+  ``torch.nn.Conv2d`` weight is ``[out, in, kh, kw]`` (linen ``Conv`` wants
+  ``[kh, kw, in, out]``, :func:`conv_kernel`), and an ``Embedding`` weight is
+  ``[vocab, dim]`` exactly as ``nn.Embed``'s ``embedding``.
+
+:func:`assign_params` then fills a linen parameter template from those tensors through an
+explicit mapping and reports every problem at once in one :class:`CheckpointError`, so a user
+sees the whole picture (e.g. "wrong architecture": dozens of missing and unexpected names)
+rather than fixing one tensor per run.
+
+This module is shared by every backbone (BERT/ViT here, Llama-family elsewhere); its public
+API is kept stable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+__all__ = [
+    "CheckpointError",
+    "SAFETENSORS_FILE",
+    "SAFETENSORS_INDEX_FILE",
+    "CONFIG_FILE",
+    "read_config",
+    "read_safetensors",
+    "safetensors_names",
+    "assign_params",
+    "linear_kernel",
+    "conv_kernel",
+    "path_str",
+]
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+CONFIG_FILE = "config.json"
+
+ParamPath = tuple[str, ...]
+Transform = Callable[[np.ndarray], np.ndarray]
+# our parameter path -> (checkpoint tensor name, transform applied to the stored array or None)
+ParamMapping = Mapping[ParamPath, tuple[str, Transform | None]]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory cannot be read or does not fit the model.
+
+    Attributes (all lists are sorted; empty when that kind of problem did not occur):
+      ckpt_dir: the checkpoint directory.
+      missing: checkpoint tensor names the model needs but the files do not contain.
+      unexpected: tensor names in the files that nothing consumed and that are not ignorable.
+      mismatched: ``(tensor name, expected shape, found shape)``; the found shape is after the
+        layout transform (e.g. transposition), the expected one is the model's parameter shape.
+      unmapped: our parameter paths ('/'-joined) that have no checkpoint source.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        ckpt_dir: str | os.PathLike | None = None,
+        *,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        mismatched: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+        unmapped: Sequence[str] = (),
+    ):
+        super().__init__(message)
+        self.ckpt_dir = None if ckpt_dir is None else str(ckpt_dir)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+        self.unmapped = list(unmapped)
+
+
+# --------------------------------------------------------------------------------------------
+# Layout transforms (PyTorch layout -> linen layout)
+# --------------------------------------------------------------------------------------------
+
+
+def linear_kernel(w: np.ndarray) -> np.ndarray:
+    """``torch.nn.Linear.weight`` ``[out, in]`` -> linen ``Dense`` kernel ``[in, out]``."""
+    if w.ndim != 2:
+        raise ValueError(f"linear_kernel expects a 2-D [out, in] weight, got shape {w.shape}")
+    return np.ascontiguousarray(w.T)
+
+
+def conv_kernel(w: np.ndarray) -> np.ndarray:
+    """``torch.nn.Conv2d.weight`` ``[out, in, kh, kw]`` -> linen ``Conv`` kernel ``[kh, kw, in, out]``."""
+    if w.ndim != 4:
+        raise ValueError(f"conv_kernel expects a 4-D [out, in, kh, kw] weight, got shape {w.shape}")
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def path_str(path: Iterable[Any]) -> str:
+    """Joins a parameter path with '/', the convention used by freezing/learning-rate patterns."""
+    return "/".join(str(p) for p in path)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------------------------
+
+
+def _dir(ckpt_dir: str | os.PathLike) -> Path:
+    path = Path(ckpt_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist or is not a directory", path)
+    return path
+
+
+def read_config(ckpt_dir: str | os.PathLike) -> dict:
+    """Reads ``<ckpt_dir>/config.json`` into a dict.
+
+    Raises:
+      CheckpointError: the directory or file is missing, or the file is not a JSON object
+        (the message names the file and the JSON error position).
+    """
+    path = _dir(ckpt_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r} not found: a Hugging Face checkpoint needs its config.json", ckpt_dir)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}", ckpt_dir) from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{str(path)!r} must hold a JSON object, found {type(config).__name__}", ckpt_dir)
+    return config
+
+
+def _shard_plan(ckpt_dir: str | os.PathLike) -> dict[Path, list[str] | None]:
+    """Which files to open and which tensors to take from each (None: all of them)."""
+    root = _dir(ckpt_dir)
+    index = root / SAFETENSORS_INDEX_FILE
+    single = root / SAFETENSORS_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{str(index)!r} is not valid JSON: {e.msg} at line {e.lineno}", ckpt_dir) from e
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{str(index)!r} has no 'weight_map' object", ckpt_dir) from e
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{str(index)!r}: 'weight_map' must map tensor names to file names", ckpt_dir)
+        plan: dict[Path, list[str]] = {}
+        for name, fname in weight_map.items():
+            plan.setdefault(root / fname, []).append(name)
+        absent = sorted(str(p.name) for p in plan if not p.is_file())
+        if absent:
+            raise CheckpointError(f"{str(index)!r} names shard files that are not in {str(root)!r}: {absent}", ckpt_dir)
+        return dict(plan)
+    if single.is_file():
+        return {single: None}
+    present = sorted(p.name for p in root.iterdir())
+    hint = ""
+    if any(n.endswith((".bin", ".pt", ".pth", ".h5", ".msgpack")) for n in present):
+        hint = (" Only safetensors are read (no torch/TF at run time); convert the weights to "
+                "model.safetensors first.")
+    raise CheckpointError(
+        f"no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX_FILE} in {str(root)!r} (found {present}).{hint}",
+        ckpt_dir,
+    )
+
+
+def safetensors_names(ckpt_dir: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Lists the tensors of a checkpoint without reading their data.
+
+    Returns:
+      ``{tensor name: (shape, safetensors dtype string such as "F32" or "BF16")}``.
+    """
+    from safetensors import safe_open
+
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for file, names in _shard_plan(ckpt_dir).items():
+        with safe_open(str(file), framework="np") as f:
+            keys = set(f.keys())
+            wanted = sorted(keys) if names is None else names
+            for name in wanted:
+                if name not in keys:
+                    raise CheckpointError(
+                        f"{SAFETENSORS_INDEX_FILE} places tensor {name!r} in {file.name!r}, but that file does not contain it",
+                        ckpt_dir,
+                    )
+                sl = f.get_slice(name)
+                out[name] = (tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype()))
+    return out
+
+
+def read_safetensors(ckpt_dir: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Reads the tensors of a (possibly sharded) safetensors checkpoint into NumPy arrays.
+
+    Handles a single ``model.safetensors`` or shards listed in ``model.safetensors.index.json``
+    (the index's ``weight_map`` decides which shard each tensor is read from). bfloat16 tensors
+    come back as ``ml_dtypes.bfloat16`` arrays (the dtype JAX uses), no torch involved.
+
+    Args:
+      ckpt_dir: the checkpoint directory.
+      names: if given, only these tensors are read (saves host memory for large models);
+        a name that the checkpoint lacks raises CheckpointError.
+
+    Returns:
+      ``{tensor name: array}`` with the stored (PyTorch) names, shapes and dtypes.
+    """
+    from safetensors import safe_open
+
+    wanted = None if names is None else set(names)
+    out: dict[str, np.ndarray] = {}
+    for file, file_names in _shard_plan(ckpt_dir).items():
+        with safe_open(str(file), framework="np") as f:
+            keys = set(f.keys())
+            candidates = sorted(keys) if file_names is None else file_names
+            for name in candidates:
+                if wanted is not None and name not in wanted:
+                    continue
+                if name not in keys:
+                    raise CheckpointError(
+                        f"{SAFETENSORS_INDEX_FILE} places tensor {name!r} in {file.name!r}, but that file does not contain it",
+                        ckpt_dir,
+                    )
+                out[name] = f.get_tensor(name)
+    if wanted is not None and wanted - out.keys():
+        raise CheckpointError(
+            f"tensors not found in checkpoint {str(ckpt_dir)!r}: {sorted(wanted - out.keys())}",
+            ckpt_dir,
+            missing=sorted(wanted - out.keys()),
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Filling a parameter template
+# --------------------------------------------------------------------------------------------
+
+
+def _matches(patterns: Sequence[str], name: str) -> bool:
+    return any(re.search(p, name) for p in patterns)
+
+
+def assign_params(
+    template_params: Mapping,
+    mapping: ParamMapping,
+    tensors: Mapping[str, np.ndarray],
+    ckpt_dir: str | os.PathLike,
+    *,
+    ignorable: Sequence[str] = (),
+    keep: Sequence[str] = (),
+) -> dict:
+    """Builds a parameter tree shaped like ``template_params`` from checkpoint tensors.
+
+    Every leaf of the template is either (a) filled from the checkpoint through ``mapping``, or
+    (b) kept from the template because its '/'-joined path matches a ``keep`` regex — this is
+    how freshly initialised PEFT parameters (LoRA factors, adapters) that no checkpoint holds
+    survive loading. Any other leaf is an error, as is any tensor in ``tensors`` that was not
+    consumed unless its name matches an ``ignorable`` regex (e.g. task heads, ``position_ids``
+    buffers, a pooler that the model does not build).
+
+    Args:
+      template_params: nested dict of arrays or ``jax.ShapeDtypeStruct`` (``jax.eval_shape``
+        of ``init`` avoids materialising random weights for big models). Only shapes and dtypes
+        are read, except for ``keep`` leaves, which must be concrete arrays.
+      mapping: ``{our path tuple: (checkpoint tensor name, transform or None)}``; the transform
+        turns the stored PyTorch-layout array into our layout (:func:`linear_kernel`, ...).
+      tensors: ``{name: array}`` as returned by :func:`read_safetensors`.
+      ckpt_dir: named in error messages.
+      ignorable: regexes (``re.search``) over tensor names that may stay unused.
+      keep: regexes over our '/'-joined parameter paths whose template values are kept.
+
+    Returns:
+      A nested dict with the template's structure whose leaves are host NumPy arrays cast to
+      the template leaf dtype (float32 parameters stay float32 even when the file is bf16).
+      The caller decides where to put them (``jax.device_put`` with or without a sharding).
+
+    Raises:
+      CheckpointError: listing, in one message, every missing tensor, every unexpected tensor,
+        every shape mismatch (expected vs found) and every parameter without a source.
+      ValueError: ``mapping`` names a path that is not in the template (a loader bug, not a
+        checkpoint problem).
+    """
+    flat_template = traverse_util.flatten_dict(dict(template_params))
+    unknown = sorted(path_str(p) for p in mapping if tuple(p) not in flat_template)
+    if unknown:
+        raise ValueError(f"parameter mapping names paths that the model does not have: {unknown}")
+
+    missing: list[str] = []
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    unmapped: list[str] = []
+    used: set[str] = set()
+    flat_out: dict[ParamPath, Any] = {}
+
+    for path, leaf in flat_template.items():
+        if path in mapping:
+            name, transform = mapping[path]
+            if name not in tensors:
+                missing.append(name)
+                continue
+            used.add(name)
+            value = np.asarray(tensors[name])
+            if transform is not None:
+                try:
+                    value = transform(value)
+                except ValueError:
+                    # The transform itself rejects the rank; report it as a shape mismatch.
+                    mismatched.append((name, tuple(leaf.shape), tuple(value.shape)))
+                    continue
+            if tuple(value.shape) != tuple(leaf.shape):
+                mismatched.append((name, tuple(leaf.shape), tuple(value.shape)))
+                continue
+            flat_out[path] = np.asarray(value, dtype=leaf.dtype)
+        elif _matches(keep, path_str(path)):
+            if not hasattr(leaf, "__array__"):
+                raise ValueError(
+                    f"parameter {path_str(path)!r} is kept from the template but the template leaf is abstract "
+                    f"({type(leaf).__name__}); pass concrete initial values for parameters not in the checkpoint"
+                )
+            flat_out[path] = leaf
+        else:
+            unmapped.append(path_str(path))
+
+    unexpected = sorted(n for n in tensors if n not in used and not _matches(ignorable, n))
+    if missing or unexpected or mismatched or unmapped:
+        lines = [f"checkpoint {str(ckpt_dir)!r} does not fit the model:"]
+        if missing:
+            lines.append(f"  missing tensors ({len(missing)}):")
+            lines += [f"    {n}" for n in sorted(missing)]
+        if unexpected:
+            lines.append(f"  unexpected tensors ({len(unexpected)}), not used by the model:")
+            lines += [f"    {n} {tuple(np.shape(tensors[n]))}" for n in unexpected]
+        if mismatched:
+            lines.append(f"  mis-shaped tensors ({len(mismatched)}), expected vs found (after layout transform):")
+            lines += [f"    {n}: expected {e}, found {f}" for n, e, f in sorted(mismatched)]
+        if unmapped:
+            lines.append(f"  model parameters with no checkpoint source ({len(unmapped)}):")
+            lines += [f"    {p}" for p in sorted(unmapped)]
+        raise CheckpointError(
+            "\n".join(lines),
+            ckpt_dir,
+            missing=sorted(missing),
+            unexpected=unexpected,
+            mismatched=sorted(mismatched),
+            unmapped=sorted(unmapped),
+        )
+    return traverse_util.unflatten_dict(flat_out)

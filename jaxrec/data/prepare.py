@@ -1,0 +1,396 @@
+"""Preparing datasets once as TFDS array_record files, and loading them back.
+
+A dataset is read from its raw files (or generated, for ``synthetic``), normalised into an
+:class:`~jaxrec.data.events.EventLog`, split 80/10/10 by session with a seed (rl.md §1.3),
+and written by two TFDS builders (no TensorFlow involved):
+
+- ``jaxrec_sessions``: one record per session (ids, items, timestamps, is_buy, rating and
+  any per-event synthetic features / ground truth), splits train / validation / test;
+- ``jaxrec_items``: one record per item (raw id, title, genres, category, image, extras).
+
+TFDS writes into an ``incomplete.*`` directory and renames it only when every split is
+written, so an interrupted preparation is never mistaken for a complete one; rerunning
+finishes the job. The items builder is written first and the sessions builder last, and a
+dataset counts as prepared only when both are complete.
+
+Layout: ``<data_dir>/jaxrec_sessions/<config>/1.0.0/`` and ``<data_dir>/jaxrec_items/...``
+where ``<config>`` is the dataset name plus a digest of its options (so e.g. two YooChoose
+samples with different seeds never collide). The split's raw session ids live in the
+records themselves and in ``split_sessions.json`` beside them (written after the fact, as a
+convenience export: the records are the source of truth).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from jaxrec.data.events import EventLog, ItemInfo
+from jaxrec.data.examples import session_split
+from jaxrec.data.sessions import Sessions
+
+DATASETS = ("synthetic", "retailrocket", "yoochoose", "movielens_100k", "movielens_1m",
+            "recbole")
+SPLITS = ("train", "validation", "test")
+VERSION = "1.0.0"
+
+
+def default_data_dir() -> str:
+    """``$JAXREC_DATA_DIR``, else ``~/.cache/jaxrec/data``."""
+    return os.environ.get("JAXREC_DATA_DIR",
+                          os.path.join(os.path.expanduser("~"), ".cache", "jaxrec", "data"))
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A prepared dataset, in memory.
+
+    Attributes:
+      name: dataset name (e.g. 'retailrocket').
+      num_items: N; dense item ids are 0..N-1.
+      splits: 'train' / 'validation' / 'test' -> Sessions (session split of the RL papers).
+      items: item side information (titles, genres, category, extra arrays such as images).
+      raw_item_ids: [N] raw item ids (str).
+      meta: the options and statistics recorded at preparation.
+    """
+
+    name: str
+    num_items: int
+    splits: dict
+    items: ItemInfo
+    raw_item_ids: np.ndarray
+    meta: dict
+
+    def all_sessions(self) -> Sessions:
+        """All sessions of every split, in dense session-id order (e.g. for leave-one-out)."""
+        cat = Sessions.concat([self.splits[s] for s in SPLITS])
+        return cat.select(np.argsort(cat.session_ids, kind="stable"))
+
+    def stats(self) -> dict:
+        """The papers' statistics row over all splits."""
+        s = self.all_sessions()
+        buys = int(s.is_buy.sum())
+        return {"dataset": self.name, "sessions": s.num_sessions, "items": self.num_items,
+                "interactions": s.num_events, "clicks": s.num_events - buys,
+                "purchases": buys}
+
+
+# --------------------------------------------------------------------------- raw reading
+def read_raw(name: str, raw_dir: Optional[str], options: dict) -> EventLog:
+    """Reads (or generates) the normalised event log of a dataset."""
+    if name == "synthetic":
+        from jaxrec.data import synthetic
+        preset = options.get("preset", "small")
+        if not hasattr(synthetic.SyntheticConfig, preset):
+            raise ValueError(f"synthetic: unknown preset {preset!r} (use 'small' or 'large')")
+        cfg = getattr(synthetic.SyntheticConfig, preset)()
+        overrides = {k: v for k, v in options.items() if k not in ("preset",) + _SPLIT_KEYS}
+        cfg = dataclasses.replace(cfg, **overrides)
+        return synthetic.generate(cfg)
+    from jaxrec.data import readers
+    if name not in readers.READERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if raw_dir is None:
+        raise ValueError(f"dataset {name!r} needs --raw_dir: the directory holding "
+                         f"{readers.EXPECTED_FILES.get(name, 'its raw files')}")
+    kwargs = {k: v for k, v in options.items() if k not in _SPLIT_KEYS}
+    return readers.READERS[name](raw_dir, **kwargs)
+
+
+_SPLIT_KEYS = ("split_seed", "split_fractions")
+
+
+def config_name(name: str, options: dict) -> str:
+    """Stable builder-config name: dataset name + digest of its options."""
+    blob = json.dumps(options, sort_keys=True, default=str)
+    return f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+
+
+# --------------------------------------------------------------------------- builders
+def _tfds():
+    # Imported lazily: tensorflow_datasets is slow to import and noisy about missing TF.
+    import tensorflow_datasets as tfds
+    return tfds
+
+
+def _tensor(dtype):
+    tfds = _tfds()
+    return tfds.features.Tensor(shape=(None,), dtype=dtype)
+
+
+def _np_kind(a: np.ndarray):
+    return np.float32 if np.issubdtype(a.dtype, np.floating) else np.int64
+
+
+def _session_example(log: EventLog, bounds: np.ndarray, s: int) -> dict:
+    """The record of dense session ``s``."""
+    a, b = bounds[s], bounds[s + 1]
+    ex = {
+        "session": int(s),
+        "raw_session": str(log.raw_session_ids[s]),
+        "items": log.item[a:b].astype(np.int64),
+        "timestamps": np.asarray(log.timestamp[a:b]).astype(np.int64),
+        "is_buy": log.is_buy[a:b].astype(np.int64),
+        "rating": (np.zeros(b - a, np.float32) if log.rating is None
+                   else log.rating[a:b].astype(np.float32)),
+    }
+    for k, v in log.ground_truth.items():
+        ex[f"gt_{k}"] = np.asarray(v[a:b]).astype(_np_kind(np.asarray(v)))
+    for k, v in (getattr(log, "features", None) or {}).items():
+        ex[f"feat_{k}"] = np.asarray(v[a:b]).astype(_np_kind(np.asarray(v)))
+    return ex
+
+
+def _image_key(items: ItemInfo) -> Optional[str]:
+    for k, v in items.extra.items():
+        v = np.asarray(v)
+        if v.ndim == 4 and v.dtype == np.uint8 and v.shape[-1] in (1, 3):
+            return k
+    return None
+
+
+def _make_builders(log_fn: Callable[[], tuple[EventLog, dict]], cfg_name: str, data_dir: str,
+                   meta: dict, feature_spec: Optional[dict] = None):
+    """Creates the two builder instances. ``log_fn`` yields (log, split rows) lazily."""
+    tfds = _tfds()
+
+    class JaxrecSessions(tfds.core.GeneratorBasedBuilder):
+        """One record per session of a normalised interaction log."""
+
+        VERSION = tfds.core.Version(VERSION)
+
+        def _info(self):
+            spec = feature_spec["sessions"]
+            feats = {"session": np.int64, "raw_session": tfds.features.Text(),
+                     "items": _tensor(np.int64), "timestamps": _tensor(np.int64),
+                     "is_buy": _tensor(np.int64), "rating": _tensor(np.float32)}
+            for k, kind in spec.items():
+                feats[k] = _tensor(np.float32 if kind == "float" else np.int64)
+            return tfds.core.DatasetInfo(
+                builder=self, description=f"jaxrec sessions of {meta['name']}",
+                features=tfds.features.FeaturesDict(feats), disable_shuffling=True,
+                metadata=tfds.core.MetadataDict(meta))
+
+        def _split_generators(self, dl_manager):
+            log, rows = log_fn()
+            bounds = log.session_bounds()
+            return {split: self._generate_examples(log, bounds, rows[split])
+                    for split in SPLITS}
+
+        def _generate_examples(self, log, bounds, rows):
+            for s in rows:
+                yield int(s), _session_example(log, bounds, int(s))
+
+    class JaxrecItems(tfds.core.GeneratorBasedBuilder):
+        """One record per item: raw id, title, genres, category and optional image/extras."""
+
+        VERSION = tfds.core.Version(VERSION)
+
+        def _info(self):
+            spec = feature_spec["items"]
+            feats = {"item": np.int64, "raw_id": tfds.features.Text(),
+                     "title": tfds.features.Text(),
+                     "genres": tfds.features.Sequence(tfds.features.Text()),
+                     "category": np.int64}
+            for k, (kind, shape) in spec.items():
+                if kind == "image":
+                    feats[k] = tfds.features.Image(shape=tuple(shape), dtype=np.uint8)
+                else:
+                    feats[k] = tfds.features.Tensor(
+                        shape=tuple(shape), dtype=np.float32 if kind == "float" else np.int64)
+            return tfds.core.DatasetInfo(
+                builder=self, description=f"jaxrec items of {meta['name']}",
+                features=tfds.features.FeaturesDict(feats), disable_shuffling=True)
+
+        def _split_generators(self, dl_manager):
+            log, _ = log_fn()
+            return {"items": self._generate_examples(log)}
+
+        def _generate_examples(self, log):
+            from PIL import Image
+            info = log.items
+            img_key = _image_key(info)
+            for i in range(log.num_items):
+                ex = {"item": i, "raw_id": str(log.raw_item_ids[i]),
+                      "title": "" if info.titles is None else str(info.titles[i]),
+                      "genres": [] if info.genres is None else [str(g) for g in info.genres[i]],
+                      "category": -1 if info.category is None else int(info.category[i])}
+                for k, v in info.extra.items():
+                    v = np.asarray(v)
+                    if k == img_key:
+                        ex[k] = Image.fromarray(v[i] if v.shape[-1] == 3 else v[i][..., 0])
+                        if v.shape[-1] == 1:
+                            ex[k] = np.asarray(ex[k])[..., None]
+                    else:
+                        ex[k] = v[i].astype(_np_kind(v))
+                yield i, ex
+
+    kw = dict(config=tfds.core.BuilderConfig(name=cfg_name), data_dir=data_dir,
+              file_format="array_record")
+    return JaxrecSessions(**kw), JaxrecItems(**kw)
+
+
+def _feature_spec(log: EventLog) -> dict:
+    sess = {}
+    for k, v in log.ground_truth.items():
+        sess[f"gt_{k}"] = "float" if _np_kind(np.asarray(v)) is np.float32 else "int"
+    for k, v in (getattr(log, "features", None) or {}).items():
+        sess[f"feat_{k}"] = "float" if _np_kind(np.asarray(v)) is np.float32 else "int"
+    items = {}
+    img = _image_key(log.items)
+    for k, v in log.items.extra.items():
+        v = np.asarray(v)
+        if k == img:
+            items[k] = ("image", list(v.shape[1:]))
+        else:
+            items[k] = ("float" if _np_kind(v) is np.float32 else "int", list(v.shape[1:]))
+    return {"sessions": sess, "items": items}
+
+
+def dataset_dirs(name: str, data_dir: str, options: dict) -> tuple[str, str]:
+    """Paths of the finished sessions and items datasets (whether or not they exist)."""
+    cfg = config_name(name, options)
+    return (os.path.join(data_dir, "jaxrec_sessions", cfg, VERSION),
+            os.path.join(data_dir, "jaxrec_items", cfg, VERSION))
+
+
+def is_prepared(name: str, data_dir: Optional[str] = None, **options) -> bool:
+    """True only if both builders finished (TFDS renames a directory when complete)."""
+    data_dir = data_dir or default_data_dir()
+    return all(os.path.exists(os.path.join(d, "dataset_info.json"))
+               for d in dataset_dirs(name, data_dir, _normalise_options(name, options)))
+
+
+def _normalise_options(name: str, options: dict) -> dict:
+    opts = dict(options)
+    opts.setdefault("split_seed", 0)
+    opts["split_fractions"] = list(opts.get("split_fractions", (0.8, 0.1, 0.1)))
+    if name == "synthetic":
+        opts.setdefault("preset", "small")
+    if name == "yoochoose":
+        opts.setdefault("num_sessions", 200_000)
+        opts.setdefault("seed", 0)
+    return opts
+
+
+def prepare(name: str, raw_dir: Optional[str] = None, data_dir: Optional[str] = None,
+            **options) -> tuple[str, str]:
+    """Reads raw data and writes the dataset, unless it is already complete.
+
+    Args:
+      name: one of :data:`DATASETS`.
+      raw_dir: directory with the raw files (not needed for 'synthetic').
+      data_dir: cache root; defaults to :func:`default_data_dir`.
+      **options: reader options (e.g. yoochoose ``num_sessions``/``seed``, synthetic
+        ``preset``/``seed``/sizes, recbole ``name``) and ``split_seed``/``split_fractions``.
+    Returns:
+      (sessions dir, items dir) of the complete dataset.
+    """
+    data_dir = data_dir or default_data_dir()
+    options = _normalise_options(name, options)
+    if is_prepared(name, data_dir, **options):
+        return dataset_dirs(name, data_dir, options)
+    cache: dict[str, Any] = {}
+
+    def log_fn():
+        if "log" not in cache:
+            logging.info("reading raw data of %s", name)
+            log = read_raw(name, raw_dir, options)
+            rows = session_split(log.num_sessions, tuple(options["split_fractions"]),
+                                 options["split_seed"])
+            cache["log"], cache["rows"] = log, rows
+        return cache["log"], cache["rows"]
+
+    log, rows = log_fn()
+    meta = {"name": name, "options": json.dumps(options, sort_keys=True),
+            "num_items": log.num_items, "num_sessions": log.num_sessions,
+            "stats": json.dumps(log.stats()), "has_rating": log.rating is not None}
+    sessions_b, items_b = _make_builders(log_fn, config_name(name, options), data_dir, meta,
+                                         _feature_spec(log))
+    items_b.download_and_prepare()      # items first: sessions complete => dataset complete
+    sessions_b.download_and_prepare()
+    sdir, idir = dataset_dirs(name, data_dir, options)
+    split_ids = {k: [str(log.raw_session_ids[s]) for s in v] for k, v in rows.items()}
+    with open(os.path.join(sdir, "split_sessions.json"), "w") as f:
+        json.dump(split_ids, f)
+    return sdir, idir
+
+
+# --------------------------------------------------------------------------- loading
+def _read_source(path: str) -> dict:
+    tfds = _tfds()
+    builder = tfds.builder_from_directory(path)
+    return builder, builder.as_data_source()
+
+
+def _sessions_from_records(recs: list[dict]) -> Sessions:
+    recs = sorted(recs, key=lambda r: int(r["session"]))
+    lens = np.asarray([len(r["items"]) for r in recs], np.int64)
+    cat = lambda k, dt: (np.concatenate([np.asarray(r[k]) for r in recs]).astype(dt)
+                         if recs else np.zeros(0, dt))
+    gt = {k[3:]: cat(k, np.asarray(recs[0][k]).dtype) for k in (recs[0] if recs else {})
+          if k.startswith("gt_")}
+    feats = {k[5:]: cat(k, np.asarray(recs[0][k]).dtype) for k in (recs[0] if recs else {})
+             if k.startswith("feat_")}
+    return Sessions(
+        items=cat("items", np.int32), is_buy=cat("is_buy", np.int8),
+        timestamps=cat("timestamps", np.int64),
+        offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+        session_ids=np.asarray([int(r["session"]) for r in recs], np.int64),
+        raw_session_ids=np.asarray([_s(r["raw_session"]) for r in recs]),
+        rating=cat("rating", np.float32), ground_truth=gt, features=feats)
+
+
+def _s(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _read_all(source, chunk: int = 8192) -> list:
+    out = []
+    for a in range(0, len(source), chunk):
+        out.extend(source.__getitems__(list(range(a, min(len(source), a + chunk)))))
+    return out
+
+
+def load(name: str, raw_dir: Optional[str] = None, data_dir: Optional[str] = None,
+         prepare_if_missing: bool = True, **options) -> Dataset:
+    """Loads a prepared dataset into memory, preparing it first if needed.
+
+    Raises:
+      FileNotFoundError: not prepared and ``prepare_if_missing`` is False.
+    """
+    data_dir = data_dir or default_data_dir()
+    options = _normalise_options(name, options)
+    if not is_prepared(name, data_dir, **options):
+        if not prepare_if_missing:
+            raise FileNotFoundError(
+                f"dataset {name!r} with options {options} is not prepared under {data_dir}; "
+                f"run python -m jaxrec.data.stats --dataset={name} --data_dir={data_dir}")
+        prepare(name, raw_dir, data_dir, **options)
+    sdir, idir = dataset_dirs(name, data_dir, options)
+    sb, ssrc = _read_source(sdir)
+    meta = dict(sb.info.metadata)
+    splits = {k: _sessions_from_records(_read_all(ssrc[k])) for k in SPLITS}
+    if not meta.get("has_rating", False):
+        for s in splits.values():
+            s.rating = None
+    _, isrc = _read_source(idir)
+    irecs = sorted(_read_all(isrc["items"]), key=lambda r: int(r["item"]))
+    extra_keys = [k for k in (irecs[0] if irecs else {})
+                  if k not in ("item", "raw_id", "title", "genres", "category")]
+    titles = [_s(r["title"]) for r in irecs]
+    genres = [[_s(g) for g in r["genres"]] for r in irecs]
+    cats = np.asarray([int(r["category"]) for r in irecs], np.int64)
+    items = ItemInfo(
+        titles=titles if any(titles) else None,
+        genres=genres if any(genres) else None,
+        category=cats if (cats >= 0).any() else None,
+        extra={k: np.stack([np.asarray(r[k]) for r in irecs]) for k in extra_keys})
+    return Dataset(name=name, num_items=int(meta["num_items"]), splits=splits, items=items,
+                   raw_item_ids=np.asarray([_s(r["raw_id"]) for r in irecs]), meta=meta)
