@@ -30,6 +30,7 @@ setup(
         "grain==0.2.18",
         "pillow",
         "tqdm",
+        "importlib_resources",  # tensorflow-datasets imports it when building datasets
         "numpy",
     ],
     extras_require={

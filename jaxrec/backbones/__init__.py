@@ -1,0 +1,32 @@
+"""Frozen foundation models written in flax.linen, loading Hugging Face safetensors (no torch).
+
+Used by IISAN / IISAN-Versa (spec ``iisan.md`` §1.1–1.2, §2.2) as frozen text and image
+towers, with the LoRA / Houlsby baselines of §1.12 built in through the configs' PEFT fields.
+
+* :mod:`jaxrec.backbones.hf` — safetensors / config.json reading and checked parameter assignment.
+* :mod:`jaxrec.backbones.bert` — BERT, RoBERTa, MiniLM text encoders (:func:`load_bert`).
+* :mod:`jaxrec.backbones.vit` — ViT image encoders (:func:`load_vit`).
+* :mod:`jaxrec.backbones.preprocess` — tokenisation and image preprocessing.
+"""
+from jaxrec.backbones.bert import BertConfig, BertEncoder, BertOutput, load_bert
+from jaxrec.backbones.hf import CheckpointError, assign_params, read_config, read_safetensors
+from jaxrec.backbones.preprocess import ImagePreprocessor, load_tokenizer, tokenize
+from jaxrec.backbones.vit import ViTConfig, ViTEncoder, ViTOutput, load_vit
+
+__all__ = [
+    "BertConfig",
+    "BertEncoder",
+    "BertOutput",
+    "load_bert",
+    "ViTConfig",
+    "ViTEncoder",
+    "ViTOutput",
+    "load_vit",
+    "CheckpointError",
+    "assign_params",
+    "read_config",
+    "read_safetensors",
+    "ImagePreprocessor",
+    "load_tokenizer",
+    "tokenize",
+]

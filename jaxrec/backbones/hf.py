@@ -49,6 +49,7 @@ __all__ = [
     "linear_kernel",
     "conv_kernel",
     "path_str",
+    "find_prefix",
 ]
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -108,6 +109,22 @@ def conv_kernel(w: np.ndarray) -> np.ndarray:
     if w.ndim != 4:
         raise ValueError(f"conv_kernel expects a 4-D [out, in, kh, kw] weight, got shape {w.shape}")
     return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def find_prefix(names: Iterable[str], anchor: str, candidates: Sequence[str] = ()) -> str:
+    """The prefix under which ``anchor`` is stored in a checkpoint ('' or e.g. ``'bert.'``).
+
+    Task-head checkpoints nest the backbone under a prefix (``BertForPreTraining`` ->
+    ``bert.``, ``ViTForImageClassification`` -> ``vit.``, ``LlamaForCausalLM`` -> ``model.``).
+    ``candidates`` are tried first (after ''); otherwise any name ending in ``anchor`` decides.
+    Returns '' when nothing matches, so the caller's error then lists the unprefixed names.
+    """
+    names = set(names)
+    for p in ("",) + tuple(candidates):
+        if p + anchor in names:
+            return p
+    found = sorted(n[: -len(anchor)] for n in names if n.endswith(anchor))
+    return found[0] if found else ""
 
 
 def path_str(path: Iterable[Any]) -> str:

@@ -63,7 +63,10 @@ class EventLog:
       raw_item_ids: [num_items] raw id of each dense item id.
       name: dataset name, for messages and tables.
       items: optional side information.
-      ground_truth: named [E] arrays known only for synthetic data (never model input).
+      ground_truth: named [E, ...] arrays known only for synthetic data: hidden truth
+        (e.g. latent intent, purchase probability) that no model may read as input.
+      features: named [E, ...] observable per-event signals (e.g. dwell time, entry point)
+        that models may use as inputs; real readers fill it where the raw log has them.
     """
 
     session: np.ndarray
@@ -76,6 +79,7 @@ class EventLog:
     name: str = "unnamed"
     items: ItemInfo = dataclasses.field(default_factory=ItemInfo)
     ground_truth: dict = dataclasses.field(default_factory=dict)
+    features: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_items(self) -> int:
@@ -123,15 +127,21 @@ class EventLog:
             raise ValueError("EventLog.session out of [0, num_sessions)")
         if e and np.any(np.diff(self.session) < 0):
             raise ValueError("EventLog is not sorted by session")
+        for table in ("ground_truth", "features"):
+            for k, v in getattr(self, table).items():
+                if len(v) != e:
+                    raise ValueError(f"EventLog.{table}[{k!r}] has {len(v)} rows, expected {e}")
 
     def subset_sessions(self, sessions: Sequence[int] | np.ndarray) -> "EventLog":
         """Events of the given dense sessions, keeping ids (no re-indexing)."""
         keep = np.isin(self.session, np.asarray(sessions))
         gt = {k: v[keep] for k, v in self.ground_truth.items()}
+        feats = {k: v[keep] for k, v in self.features.items()}
         return dataclasses.replace(
             self, session=self.session[keep], item=self.item[keep],
             timestamp=self.timestamp[keep], is_buy=self.is_buy[keep],
-            rating=None if self.rating is None else self.rating[keep], ground_truth=gt)
+            rating=None if self.rating is None else self.rating[keep], ground_truth=gt,
+            features=feats)
 
 
 def encode(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,12 +158,15 @@ def encode(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def from_raw(session_raw, item_raw, timestamp, is_buy, *, name: str, rating=None,
              items: Optional[ItemInfo] = None, ground_truth: Optional[dict] = None,
-             item_uniques: Optional[np.ndarray] = None) -> EventLog:
+             item_uniques: Optional[np.ndarray] = None,
+             features: Optional[dict] = None) -> EventLog:
     """Builds a sorted, re-indexed EventLog from raw columns (each [E]).
 
     Items and sessions are label-encoded in sorted order of their raw ids (the papers'
     LabelEncoder), then events are stably sorted by (session, timestamp).
     If ``item_uniques`` is given, items are encoded against it (every raw item must occur).
+    ``ground_truth`` (hidden) and ``features`` (observable) are dicts of [E, ...] arrays,
+    reordered with the events.
     """
     session_raw = np.asarray(session_raw)
     item_raw = np.asarray(item_raw)
@@ -167,10 +180,11 @@ def from_raw(session_raw, item_raw, timestamp, is_buy, *, name: str, rating=None
         i_codes = np.searchsorted(i_uniques, item_raw).astype(np.int32)
     order = np.lexsort((timestamp, s_codes))  # stable: primary session, then time
     gt = {k: np.asarray(v)[order] for k, v in (ground_truth or {}).items()}
+    feats = {k: np.asarray(v)[order] for k, v in (features or {}).items()}
     log = EventLog(
         session=s_codes[order], item=i_codes[order], timestamp=timestamp[order],
         is_buy=is_buy[order], raw_session_ids=s_uniques, raw_item_ids=i_uniques,
         rating=None if rating is None else np.asarray(rating, np.float32)[order],
-        name=name, items=items or ItemInfo(), ground_truth=gt)
+        name=name, items=items or ItemInfo(), ground_truth=gt, features=feats)
     log.validate()
     return log

@@ -87,9 +87,13 @@ def read_raw(name: str, raw_dir: Optional[str], options: dict) -> EventLog:
     if name == "synthetic":
         from jaxrec.data import synthetic
         preset = options.get("preset", "small")
-        if not hasattr(synthetic.SyntheticConfig, preset):
-            raise ValueError(f"synthetic: unknown preset {preset!r} (use 'small' or 'large')")
-        cfg = getattr(synthetic.SyntheticConfig, preset)()
+        if preset == "tiny":    # smoke runs and tests: a few hundred sessions
+            cfg = synthetic.SyntheticConfig.small(num_sessions=300, num_items=80)
+        elif preset in ("small", "large"):
+            cfg = getattr(synthetic.SyntheticConfig, preset)()
+        else:
+            raise ValueError(f"synthetic: unknown preset {preset!r} "
+                             "(use 'tiny', 'small' or 'large')")
         overrides = {k: v for k, v in options.items() if k not in ("preset",) + _SPLIT_KEYS}
         cfg = dataclasses.replace(cfg, **overrides)
         return synthetic.generate(cfg)
@@ -119,9 +123,10 @@ def _tfds():
     return tfds
 
 
-def _tensor(dtype):
+def _tensor(dtype, trailing=()):
+    """A per-event feature: [len_session, *trailing]."""
     tfds = _tfds()
-    return tfds.features.Tensor(shape=(None,), dtype=dtype)
+    return tfds.features.Tensor(shape=(None, *trailing), dtype=dtype)
 
 
 def _np_kind(a: np.ndarray):
@@ -147,6 +152,10 @@ def _session_example(log: EventLog, bounds: np.ndarray, s: int) -> dict:
     return ex
 
 
+def _is_text(a: np.ndarray) -> bool:
+    return a.dtype.kind in ("U", "S", "O")
+
+
 def _image_key(items: ItemInfo) -> Optional[str]:
     for k, v in items.extra.items():
         v = np.asarray(v)
@@ -170,8 +179,8 @@ def _make_builders(log_fn: Callable[[], tuple[EventLog, dict]], cfg_name: str, d
             feats = {"session": np.int64, "raw_session": tfds.features.Text(),
                      "items": _tensor(np.int64), "timestamps": _tensor(np.int64),
                      "is_buy": _tensor(np.int64), "rating": _tensor(np.float32)}
-            for k, kind in spec.items():
-                feats[k] = _tensor(np.float32 if kind == "float" else np.int64)
+            for k, (kind, trailing) in spec.items():
+                feats[k] = _tensor(np.float32 if kind == "float" else np.int64, tuple(trailing))
             return tfds.core.DatasetInfo(
                 builder=self, description=f"jaxrec sessions of {meta['name']}",
                 features=tfds.features.FeaturesDict(feats), disable_shuffling=True,
@@ -201,6 +210,8 @@ def _make_builders(log_fn: Callable[[], tuple[EventLog, dict]], cfg_name: str, d
             for k, (kind, shape) in spec.items():
                 if kind == "image":
                     feats[k] = tfds.features.Image(shape=tuple(shape), dtype=np.uint8)
+                elif kind == "text":
+                    feats[k] = tfds.features.Text()
                 else:
                     feats[k] = tfds.features.Tensor(
                         shape=tuple(shape), dtype=np.float32 if kind == "float" else np.int64)
@@ -227,6 +238,8 @@ def _make_builders(log_fn: Callable[[], tuple[EventLog, dict]], cfg_name: str, d
                         ex[k] = Image.fromarray(v[i] if v.shape[-1] == 3 else v[i][..., 0])
                         if v.shape[-1] == 1:
                             ex[k] = np.asarray(ex[k])[..., None]
+                    elif _is_text(v):
+                        ex[k] = str(v[i])
                     else:
                         ex[k] = v[i].astype(_np_kind(v))
                 yield i, ex
@@ -238,16 +251,22 @@ def _make_builders(log_fn: Callable[[], tuple[EventLog, dict]], cfg_name: str, d
 
 def _feature_spec(log: EventLog) -> dict:
     sess = {}
-    for k, v in log.ground_truth.items():
-        sess[f"gt_{k}"] = "float" if _np_kind(np.asarray(v)) is np.float32 else "int"
-    for k, v in (getattr(log, "features", None) or {}).items():
-        sess[f"feat_{k}"] = "float" if _np_kind(np.asarray(v)) is np.float32 else "int"
+    for prefix, d in (("gt_", log.ground_truth),
+                      ("feat_", getattr(log, "features", None) or {})):
+        for k, v in d.items():
+            v = np.asarray(v)
+            sess[prefix + k] = ("float" if _np_kind(v) is np.float32 else "int",
+                                list(v.shape[1:]))
     items = {}
     img = _image_key(log.items)
     for k, v in log.items.extra.items():
         v = np.asarray(v)
         if k == img:
             items[k] = ("image", list(v.shape[1:]))
+        elif _is_text(v):
+            if v.ndim != 1:
+                raise ValueError(f"item extra {k!r}: text arrays must be 1-D, got {v.shape}")
+            items[k] = ("text", [])
         else:
             items[k] = ("float" if _np_kind(v) is np.float32 else "int", list(v.shape[1:]))
     return {"sessions": sess, "items": items}
@@ -391,6 +410,8 @@ def load(name: str, raw_dir: Optional[str] = None, data_dir: Optional[str] = Non
         titles=titles if any(titles) else None,
         genres=genres if any(genres) else None,
         category=cats if (cats >= 0).any() else None,
-        extra={k: np.stack([np.asarray(r[k]) for r in irecs]) for k in extra_keys})
+        extra={k: (np.asarray([_s(r[k]) for r in irecs])
+                   if isinstance(irecs[0][k], (bytes, str))
+                   else np.stack([np.asarray(r[k]) for r in irecs])) for k in extra_keys})
     return Dataset(name=name, num_items=int(meta["num_items"]), splits=splits, items=items,
                    raw_item_ids=np.asarray([_s(r["raw_id"]) for r in irecs]), meta=meta)

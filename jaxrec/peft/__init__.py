@@ -6,6 +6,30 @@
   regex presets, turned into ``optax.multi_transform`` masks (spec ``iisan.md`` §1.11–1.12).
 """
 from jaxrec.peft.adapters import HoulsbyAdapter
+from jaxrec.peft.freeze import (
+    PRESETS,
+    count_params,
+    group_labels,
+    lora_patterns,
+    masked_optimizer,
+    merge,
+    param_labels,
+    path_str,
+    split_trainable,
+)
 from jaxrec.peft.lora import LoRADense, merge_lora_kernel
 
-__all__ = ["HoulsbyAdapter", "LoRADense", "merge_lora_kernel"]
+__all__ = [
+    "HoulsbyAdapter",
+    "LoRADense",
+    "merge_lora_kernel",
+    "PRESETS",
+    "count_params",
+    "group_labels",
+    "lora_patterns",
+    "masked_optimizer",
+    "merge",
+    "param_labels",
+    "path_str",
+    "split_trainable",
+]

@@ -1,0 +1,731 @@
+"""Llama-family decoder-only transformers (Llama, Mistral, Gemma) in flax.linen.
+
+Papers:
+  * Touvron et al., "LLaMA: Open and Efficient Foundation Language Models", arXiv 2302.13971,
+    §2.2 (pre-normalisation with RMSNorm, SwiGLU FFN, rotary position embeddings); grouped-query
+    attention as in Llama 2 (Touvron et al., arXiv 2307.09288, §2.2) and Ainslie et al., GQA,
+    EMNLP 2023.
+  * Jiang et al., "Mistral 7B", arXiv 2310.06825, §2 (sliding-window attention).
+  * Gemma Team, "Gemma: Open Models Based on Gemini Research and Technology",
+    arXiv 2403.08295, §2 (GeGLU with tanh-GELU, head_dim independent of the width, embeddings
+    scaled by sqrt(width), RMSNorm scale stored as an offset from 1, tied embeddings).
+
+Used in jaxrec as the frozen/LoRA-tuned decoder of PERSOMA and GazeReward (spec ``llm.md``
+§1.2, §2, §3: tiny decoder with ``inputs_embeds`` and optional q/v LoRA), as LEA's LLM
+(``rl.md``) and as IISAN-Versa's LLM text encoder (``iisan.md`` §2.2, via ``hidden_states``).
+
+Checkpoints are Hugging Face PyTorch-layout safetensors (``model.layers.0.self_attn.q_proj.weight``
+...), read without torch through :mod:`jaxrec.backbones.hf` by :func:`load_llama`. The
+numerical reference in tests is transformers 4.57.6's ``FlaxLlamaForCausalLM`` /
+``FlaxMistralForCausalLM`` / ``FlaxGemmaForCausalLM``.
+
+Conventions and where they differ from the HF Flax reference (all documented, all tested):
+
+* **Position ids.** HF Flax's *forward pass* defaults to ``arange(T)`` whatever the mask, so a
+  left-padded sequence gets shifted positions; its *generation* path
+  (``prepare_inputs_for_generation``) uses ``cumsum(attention_mask) - 1``. We default to the
+  generation rule, clipped at 0 (:func:`position_ids_from_mask`): real tokens are numbered
+  0, 1, ... from the first real token whatever the padding side, so a left-padded sequence
+  produces the same outputs at its real tokens as the unpadded one. The clip only changes
+  positions of left-padding tokens, which no real token attends to.
+* **Fully masked rows.** Like HF, masked scores are set to the float32 minimum, so a query with
+  no visible key (a left-padding token) attends uniformly; outputs at padding positions are
+  meaningless but finite and equal to HF's.
+* **Sliding window** (Mistral): key ``j`` is visible from query ``i`` iff ``i - W < j <= i``,
+  i.e. ``W`` tokens including the current one — the convention of HF PyTorch
+  (``masking_utils.sliding_window_overlay``) and flash-attention. HF *Flax* Mistral keeps
+  ``W + 1`` tokens (``triu(k=-W)``), and with ``sliding_window=None`` it keeps only the
+  diagonal (a bug); our ``None`` means no window.
+* **rope_theta** is honoured (Llama 3 uses 500000); HF Flax hard-codes 10000.
+* **tie_word_embeddings** is honoured for every variant; HF Flax Llama/Mistral ignore it.
+* **RMSNorm** is computed in float32 and cast to the compute dtype after the scale, as HF
+  PyTorch Gemma does (HF Llama casts before the scale); identical in float32.
+
+KV-cache generation is not implemented. The structure allows adding it: positions are
+explicit inputs, the mask is built once per call from sequence indices, and attention is a
+single function of (q, k, v, mask) — a ``cache`` collection holding rotated keys/values per
+layer plus a cache index would slot into :class:`LlamaAttention`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxrec.backbones import hf
+from jaxrec.peft.adapters import HoulsbyAdapter
+from jaxrec.peft.lora import LoRADense
+
+Array = Any
+
+__all__ = [
+    "LlamaConfig",
+    "LlamaModel",
+    "LlamaOutput",
+    "load_llama",
+    "hf_param_mapping",
+    "position_ids_from_mask",
+    "PROJECTIONS",
+]
+
+# Names of every projection that can carry LoRA (HF names, so LoRA target lists of PEFT
+# configs written for HF models carry over unchanged).
+ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+PROJECTIONS = ATTN_PROJECTIONS + MLP_PROJECTIONS
+
+_ACTIVATIONS = {
+    "silu": nn.silu,
+    "swish": nn.silu,
+    # HF's "gelu_pytorch_tanh" / "gelu_new" / "gelu_fast" are all the tanh approximation.
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+}
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "gemma")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Hyper-parameters of a Llama-family decoder (defaults: a tiny Llama).
+
+    Attributes:
+      vocab_size: ``V``.
+      hidden_size: model width ``D``.
+      intermediate_size: FFN width ``F`` (gated: gate and up are ``D -> F``).
+      num_layers: number of decoder layers ``L``.
+      num_heads: query heads ``H``.
+      num_kv_heads: key/value heads ``K`` (GQA; ``H % K == 0``). ``None`` means ``H``.
+      head_dim: per-head width ``hd``; ``None`` means ``D // H``. Gemma has ``H * hd != D``.
+      rms_norm_eps: RMSNorm epsilon.
+      rope_theta: RoPE base.
+      max_position_embeddings: longest sequence the checkpoint was trained for; inputs longer
+        than this raise (RoPE itself has no table limit).
+      tie_word_embeddings: logits use the transposed token embedding instead of ``lm_head``.
+      attention_bias: q/k/v/o projections have biases (Llama ``attention_bias``).
+      mlp_bias: gate/up/down projections have biases (Llama ``mlp_bias``).
+      norm_offset: RMSNorm scales by ``1 + weight`` with ``weight`` initialised to 0 (Gemma).
+      embed_scale: token embeddings are multiplied by ``sqrt(D)`` (Gemma).
+      hidden_act: HF activation name of the gated FFN: ``"silu"`` (Llama/Mistral) or
+        ``"gelu_pytorch_tanh"`` (Gemma); ``"gelu"`` is exact GELU.
+      sliding_window: Mistral window ``W`` (each query sees its last ``W`` tokens including
+        itself); ``None`` disables it.
+      attention_dropout: dropout on attention probabilities (active when not deterministic).
+      initializer_range: std of the normal init of all matrices (random init only).
+      with_lm_head: build the vocabulary projection; False drops it (and its ``V x D``
+        parameters) for encoder-style use, and ``logits`` is then None.
+      remat: rematerialise each decoder layer in the backward pass (``nn.remat``), trading
+        compute for activation memory.
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); softmax and RMSNorm run in float32.
+      param_dtype: parameter dtype.
+      lora_rank: LoRA rank on the projections named in ``lora_targets`` (0: no LoRA).
+      lora_alpha: LoRA alpha (update scaled by ``alpha / rank``).
+      lora_targets: which projections get LoRA, from :data:`PROJECTIONS`.
+      lora_dropout: dropout on the LoRA branch input.
+      adapter_size: Houlsby adapter bottleneck (0: none); adapters ``adapter_attn`` (after
+        ``o_proj``) and ``adapter_ffn`` (after ``down_proj``), before each residual add.
+      adapter_activation: ``"relu"`` or ``"gelu"``.
+      model_type: ``"llama"``, ``"mistral"`` or ``"gemma"`` (informational after parsing).
+    """
+
+    vocab_size: int = 256
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    norm_offset: bool = False
+    embed_scale: bool = False
+    hidden_act: str = "silu"
+    sliding_window: int | None = None
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    with_lm_head: bool = True
+    remat: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    lora_rank: int = 0
+    lora_alpha: float = 1.0
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_dropout: float = 0.0
+    adapter_size: int = 0
+    adapter_activation: str = "relu"
+    model_type: str = "llama"
+
+    def __post_init__(self):
+        # Frozen dataclass: fill the derived defaults through object.__setattr__.
+        if self.num_kv_heads is None:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(
+                    f"LlamaConfig.hidden_size ({self.hidden_size}) is not divisible by num_heads "
+                    f"({self.num_heads}); set head_dim explicitly"
+                )
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"LlamaConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"LlamaConfig.num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads}) for grouped-query attention"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(
+                f"LlamaConfig.hidden_act {self.hidden_act!r} is not supported; use one of "
+                f"{sorted(_ACTIVATIONS)}"
+            )
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ValueError(f"LlamaConfig.sliding_window must be None or > 0, got {self.sliding_window}")
+        unknown = [t for t in self.lora_targets if t not in PROJECTIONS]
+        if unknown:
+            raise ValueError(
+                f"LlamaConfig.lora_targets names unknown projections {unknown}; valid: {list(PROJECTIONS)}"
+            )
+        if self.lora_rank < 0 or self.adapter_size < 0:
+            raise ValueError(
+                f"LlamaConfig.lora_rank ({self.lora_rank}) and adapter_size ({self.adapter_size}) "
+                "must be >= 0"
+            )
+
+    @property
+    def num_kv_groups(self) -> int:
+        """Query heads per key/value head, ``H // K``."""
+        return self.num_heads // self.num_kv_heads
+
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any], **overrides: Any) -> "LlamaConfig":
+        """Builds a config from a Hugging Face ``config.json`` dict.
+
+        Recognises ``model_type`` ``llama``, ``mistral`` and ``gemma`` and applies each family's
+        defaults the way transformers does (Gemma: tied embeddings, ``head_dim`` 256, tanh-GELU
+        unless ``hidden_activation`` says otherwise, ``1 + w`` RMSNorm, ``sqrt(D)`` embedding
+        scale; Mistral: ``sliding_window``).
+
+        Args:
+          config: the parsed ``config.json``.
+          **overrides: any :class:`LlamaConfig` field (dtype, PEFT fields, ``with_lm_head``...).
+
+        Raises:
+          ValueError: unknown ``model_type``, a missing required key, an unsupported
+            ``rope_scaling``, or an override that is not a field.
+        """
+        model_type = config.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"config.json model_type {model_type!r} is not a Llama-family decoder; "
+                f"supported: {list(SUPPORTED_MODEL_TYPES)}"
+            )
+
+        def req(key: str) -> Any:
+            if config.get(key) is None:
+                raise ValueError(f"{model_type} config.json lacks required field {key!r}")
+            return config[key]
+
+        rope_scaling = config.get("rope_scaling")
+        if rope_scaling is not None:
+            kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
+            if kind not in (None, "default"):
+                raise ValueError(
+                    f"config.json rope_scaling of type {kind!r} is not supported (only plain RoPE); "
+                    "got rope_scaling=" + repr(rope_scaling)
+                )
+
+        num_heads = int(req("num_attention_heads"))
+        hidden = int(req("hidden_size"))
+        is_gemma = model_type == "gemma"
+        head_dim = config.get("head_dim")
+        if head_dim is None:
+            head_dim = 256 if is_gemma and "head_dim" not in config else hidden // num_heads
+        if is_gemma:
+            # transformers forces tanh-GELU for Gemma unless hidden_activation is set (PR 29402).
+            act = config.get("hidden_activation") or "gelu_pytorch_tanh"
+        else:
+            act = config.get("hidden_act", "silu")
+        kwargs = dict(
+            vocab_size=int(req("vocab_size")),
+            hidden_size=hidden,
+            intermediate_size=int(req("intermediate_size")),
+            num_layers=int(req("num_hidden_layers")),
+            num_heads=num_heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or num_heads),
+            head_dim=int(head_dim),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(config.get("rope_theta", 10000.0)),
+            max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", is_gemma)),
+            attention_bias=bool(config.get("attention_bias", False)),
+            mlp_bias=bool(config.get("mlp_bias", False)),
+            norm_offset=is_gemma,
+            embed_scale=is_gemma,
+            hidden_act=act,
+            sliding_window=config.get("sliding_window") if model_type == "mistral" else None,
+            attention_dropout=float(config.get("attention_dropout", 0.0)),
+            initializer_range=float(config.get("initializer_range", 0.02)),
+            model_type=model_type,
+        )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(overrides) - fields)
+        if bad:
+            raise ValueError(f"LlamaConfig has no fields {bad}; valid fields: {sorted(fields)}")
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+def position_ids_from_mask(attention_mask: Array) -> Array:
+    """RoPE positions counting real tokens only.
+
+    Args:
+      attention_mask: ``[B, T]``, 1 for real tokens (left or right padding).
+
+    Returns:
+      ``[B, T]`` int32: ``max(cumsum(mask) - 1, 0)``. Real tokens get 0, 1, 2, ... from the
+      first real token; this is HF's generation rule (``prepare_inputs_for_generation``) with
+      the ``-1`` of left-padding tokens clipped to 0 (those tokens are invisible to real ones).
+    """
+    m = jnp.asarray(attention_mask).astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0)
+
+
+def apply_rope(x: Array, positions: Array, theta: float) -> Array:
+    """Rotary position embedding in HF's "rotate-half" layout.
+
+    Dimension ``i < hd/2`` pairs with ``i + hd/2`` and rotates by ``pos * theta^(-2i/hd)``;
+    HF checkpoints store q/k weights permuted for exactly this layout.
+
+    Args:
+      x: ``[B, T, N, hd]`` queries or keys.
+      positions: ``[B, T]`` integer positions.
+      theta: RoPE base.
+
+    Returns:
+      ``[B, T, N, hd]`` in ``x.dtype`` (the rotation itself runs in float32).
+    """
+    hd = x.shape[-1]
+    # Frequencies in float64 on the host (static), like HF's numpy table, then float32.
+    inv_freq = 1.0 / (theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    sin = jnp.sin(angles)[:, :, None, :]
+    cos = jnp.cos(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., : hd // 2], x32[..., hd // 2:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention_mask_matrix(attention_mask: Array, sliding_window: int | None) -> Array:
+    """Which keys each query may attend to.
+
+    Args:
+      attention_mask: ``[B, T]``, 1 = real token.
+      sliding_window: ``W`` or None.
+
+    Returns:
+      ``[B, T, T]`` bool, ``[b, i, j]`` True iff key ``j`` is a real token, ``j <= i`` (causal,
+      by sequence index as HF does) and, with a window, ``i - j < W``.
+    """
+    t = attention_mask.shape[-1]
+    i = jnp.arange(t)[:, None]
+    j = jnp.arange(t)[None, :]
+    allowed = j <= i
+    if sliding_window is not None:
+        allowed = allowed & (i - j < sliding_window)
+    return allowed[None] & (attention_mask[:, None, :] > 0)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square LayerNorm (Zhang & Sennrich 2019), Llama/Gemma flavours.
+
+    ``y = x / sqrt(mean(x^2) + eps) * s`` with ``s = weight`` (Llama, init 1) or
+    ``s = 1 + weight`` (Gemma, init 0). Statistics in float32.
+    """
+
+    eps: float
+    offset: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """``x [..., D] -> [..., D]`` in ``dtype``."""
+        init = nn.initializers.zeros_init() if self.offset else nn.initializers.ones_init()
+        weight = self.param("weight", init, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        scale = weight.astype(jnp.float32)
+        scale = 1.0 + scale if self.offset else scale
+        return (y * scale).astype(self.dtype)
+
+
+def _dense(cfg: LlamaConfig, features: int, name: str, use_bias: bool) -> LoRADense:
+    """A projection that carries LoRA iff its name is in ``cfg.lora_targets``."""
+    return LoRADense(
+        features,
+        use_bias=use_bias,
+        rank=cfg.lora_rank if name in cfg.lora_targets else 0,
+        alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=nn.initializers.normal(cfg.initializer_range),
+        name=name,
+    )
+
+
+class LlamaAttention(nn.Module):
+    """Causal grouped-query self-attention with RoPE (and an optional sliding window)."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: Array, allowed: Array, positions: Array, deterministic: bool = True) -> Array:
+        """Self-attention over a sequence.
+
+        Args:
+          x: ``[B, T, D]`` normalised hidden states.
+          allowed: ``[B, T, T]`` bool from :func:`attention_mask_matrix`.
+          positions: ``[B, T]`` RoPE positions.
+          deterministic: disables attention and LoRA dropout.
+
+        Returns:
+          ``[B, T, D]`` (after ``o_proj``).
+        """
+        cfg = self.config
+        b, t, _ = x.shape
+        h, k, g, hd = cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_groups, cfg.head_dim
+        bias = cfg.attention_bias
+        q = _dense(cfg, h * hd, "q_proj", bias)(x, deterministic).reshape(b, t, h, hd)
+        key = _dense(cfg, k * hd, "k_proj", bias)(x, deterministic).reshape(b, t, k, hd)
+        val = _dense(cfg, k * hd, "v_proj", bias)(x, deterministic).reshape(b, t, k, hd)
+        q = apply_rope(q, positions, cfg.rope_theta)
+        key = apply_rope(key, positions, cfg.rope_theta)
+        # GQA without materialising repeated K/V: query head n = kv_head * G + group, which is
+        # the order HF's jnp.repeat(key, G, axis=2) pairs them in.
+        q = q.reshape(b, t, k, g, hd)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, key, preferred_element_type=jnp.float32)
+        scores = scores * (1.0 / math.sqrt(hd))
+        # Masked scores -> float32 min (not -inf): a query with no visible key then attends
+        # uniformly instead of producing NaN, exactly as HF's additive finfo.min bias does.
+        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(val.dtype), val)
+        out = out.reshape(b, t, h * hd)
+        return _dense(cfg, cfg.hidden_size, "o_proj", bias)(out, deterministic)
+
+
+class LlamaMLP(nn.Module):
+    """Gated FFN ``down(act(gate(x)) * up(x))`` (SwiGLU for Llama/Mistral, GeGLU for Gemma)."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        """``x [B, T, D] -> [B, T, D]``."""
+        cfg = self.config
+        f, bias = cfg.intermediate_size, cfg.mlp_bias
+        gate = _dense(cfg, f, "gate_proj", bias)(x, deterministic)
+        up = _dense(cfg, f, "up_proj", bias)(x, deterministic)
+        return _dense(cfg, cfg.hidden_size, "down_proj", bias)(
+            _ACTIVATIONS[cfg.hidden_act](gate) * up, deterministic
+        )
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm decoder layer: ``x + attn(norm(x))`` then ``h + mlp(norm(h))``.
+
+    With ``adapter_size > 0``, Houlsby adapters ``adapter_attn`` / ``adapter_ffn`` wrap the
+    attention output (after ``o_proj``) and the FFN output (after ``down_proj``) before each
+    residual add (Houlsby et al. 2019, Fig. 2, placed as in IISAN's Adapter baseline, spec
+    ``iisan.md`` §1.12; a pre-norm block has no post-residual LayerNorm).
+    """
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: Array, allowed: Array, positions: Array, deterministic: bool = True) -> Array:
+        """``x [B, T, D]`` -> ``[B, T, D]``; ``allowed [B, T, T]``, ``positions [B, T]``."""
+        cfg = self.config
+
+        def norm(name):
+            return RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, cfg.dtype, cfg.param_dtype, name=name)
+
+        def adapter(name):
+            return HoulsbyAdapter(cfg.adapter_size, cfg.adapter_activation, cfg.dtype,
+                                  cfg.param_dtype, name=name)
+
+        a = LlamaAttention(cfg, name="self_attn")(norm("input_layernorm")(x), allowed, positions, deterministic)
+        if cfg.adapter_size:
+            a = adapter("adapter_attn")(a)
+        x = x + a
+        m = LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x), deterministic)
+        if cfg.adapter_size:
+            m = adapter("adapter_ffn")(m)
+        return x + m
+
+
+@flax.struct.dataclass
+class LlamaOutput:
+    """What :class:`LlamaModel` returns (iterable as ``(logits, last_hidden, hidden_states)``).
+
+    A pytree (``flax.struct``), so it can leave ``jax.jit``.
+
+    Attributes:
+      logits: ``[B, T, V]`` or None (``return_logits=False`` or ``with_lm_head=False``).
+      last_hidden: ``[B, T, D]`` after the final RMSNorm.
+      hidden_states: tuple of ``L + 1`` arrays ``[B, T, D]`` as in HF: the (scaled) embeddings,
+        the outputs of layers 1..L-1, and finally ``last_hidden`` (the normed output of layer L).
+    """
+
+    logits: Array | None
+    last_hidden: Array
+    hidden_states: tuple[Array, ...]
+
+    def __iter__(self):
+        return iter((self.logits, self.last_hidden, self.hidden_states))
+
+
+class LlamaModel(nn.Module):
+    """Llama / Mistral / Gemma decoder with an optional LM head.
+
+    Parameter tree (HF names, so :func:`hf_param_mapping` is mechanical)::
+
+      embed_tokens/embedding [V, D]
+      layers_{i}/input_layernorm/weight [D]
+      layers_{i}/self_attn/{q,k,v,o}_proj/{kernel, bias?, lora_a?, lora_b?}
+      layers_{i}/post_attention_layernorm/weight [D]
+      layers_{i}/mlp/{gate,up,down}_proj/{kernel, ...}
+      layers_{i}/adapter_{attn,ffn}/{down,up}/{kernel,bias}   (adapter_size > 0)
+      norm/weight [D]
+      lm_head/kernel [D, V]                                     (untied, with_lm_head)
+    """
+
+    config: LlamaConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size,
+            embedding_init=nn.initializers.normal(cfg.initializer_range),
+            dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        )
+        # self is argnum 0 for nn.remat, so `deterministic` (a Python bool) is argnum 4.
+        layer_cls = nn.remat(LlamaDecoderLayer, static_argnums=(4,)) if cfg.remat else LlamaDecoderLayer
+        self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+        self.norm = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, cfg.dtype, cfg.param_dtype)
+        if cfg.with_lm_head and not cfg.tie_word_embeddings:
+            self.lm_head = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                kernel_init=nn.initializers.normal(cfg.initializer_range),
+            )
+
+    def embed(self, input_ids: Array) -> Array:
+        """Token-embedding lookup without Gemma's ``sqrt(D)`` scale.
+
+        Use it to build ``inputs_embeds`` (e.g. soft prompts concatenated with embedded text):
+        ``__call__`` applies the scale to ``inputs_embeds`` too, as HF does.
+
+        Args:
+          input_ids: ``[B, T]`` int.
+
+        Returns:
+          ``[B, T, D]`` in the compute dtype.
+        """
+        return self.embed_tokens(input_ids)
+
+    def __call__(
+        self,
+        input_ids: Array | None = None,
+        attention_mask: Array | None = None,
+        position_ids: Array | None = None,
+        deterministic: bool = True,
+        *,
+        inputs_embeds: Array | None = None,
+        return_logits: bool = True,
+    ) -> LlamaOutput:
+        """Runs the decoder.
+
+        Args:
+          input_ids: ``[B, T]`` int token ids (exactly one of ``input_ids`` / ``inputs_embeds``).
+          attention_mask: ``[B, T]``, 1 = real token, 0 = padding (left or right); default all 1.
+          position_ids: ``[B, T]`` RoPE positions; default :func:`position_ids_from_mask`.
+          deterministic: disables dropout (attention and LoRA); False needs a ``'dropout'`` rng.
+          inputs_embeds: ``[B, T, D]`` embeddings instead of ids (soft prompts).
+          return_logits: compute ``[B, T, V]`` logits (skip for encoder-style use).
+
+        Returns:
+          :class:`LlamaOutput` ``(logits [B, T, V] | None, last_hidden [B, T, D],
+          hidden_states: L + 1 x [B, T, D])``.
+
+        Raises:
+          ValueError: both or neither of ``input_ids``/``inputs_embeds``, mis-shaped
+            ``attention_mask``/``position_ids``/``inputs_embeds``, or T beyond
+            ``max_position_embeddings``.
+        """
+        cfg = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("LlamaModel: pass exactly one of input_ids [B, T] and inputs_embeds [B, T, D]")
+        if input_ids is not None:
+            if input_ids.ndim != 2:
+                raise ValueError(f"LlamaModel: input_ids must be [B, T], got shape {input_ids.shape}")
+            x = self.embed_tokens(input_ids)
+        else:
+            if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != cfg.hidden_size:
+                raise ValueError(
+                    f"LlamaModel: inputs_embeds must be [B, T, {cfg.hidden_size}], got shape {inputs_embeds.shape}"
+                )
+            x = inputs_embeds.astype(cfg.dtype)
+        b, t = x.shape[:2]
+        if t > cfg.max_position_embeddings:
+            raise ValueError(
+                f"LlamaModel: sequence length {t} exceeds max_position_embeddings {cfg.max_position_embeddings}"
+            )
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        elif attention_mask.shape != (b, t):
+            raise ValueError(f"LlamaModel: attention_mask must be [B, T] = {(b, t)}, got {attention_mask.shape}")
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        elif position_ids.shape != (b, t):
+            raise ValueError(f"LlamaModel: position_ids must be [B, T] = {(b, t)}, got {position_ids.shape}")
+        if cfg.embed_scale:
+            # The normaliser is rounded to the compute dtype first, as HF PyTorch Gemma does.
+            x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype=x.dtype)
+
+        allowed = attention_mask_matrix(attention_mask, cfg.sliding_window)
+        hidden_states = []
+        for layer in self.layers:
+            hidden_states.append(x)
+            x = layer(x, allowed, position_ids, deterministic)
+        x = self.norm(x)
+        hidden_states.append(x)
+
+        logits = None
+        # Always trace the head during init so the parameter tree is complete.
+        if cfg.with_lm_head and (return_logits or self.is_initializing()):
+            logits = self.embed_tokens.attend(x) if cfg.tie_word_embeddings else self.lm_head(x)
+        return LlamaOutput(logits, x, tuple(hidden_states))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading Hugging Face checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def hf_param_mapping(cfg: LlamaConfig, prefix: str = "model.") -> dict[tuple[str, ...], tuple[str, Any]]:
+    """Our parameter paths -> (HF tensor name, layout transform) for a Llama-family model.
+
+    Args:
+      cfg: the model config (decides biases, head and tying).
+      prefix: ``"model."`` for ``*ForCausalLM`` checkpoints, ``""`` for bare ``*Model`` ones.
+
+    Returns:
+      ``{path tuple: (tensor name, transform or None)}`` for :func:`hf.assign_params`. LoRA and
+      adapter parameters are absent: they come from the template (``keep``).
+    """
+    lin = hf.linear_kernel
+    m: dict[tuple[str, ...], tuple[str, Any]] = {
+        ("embed_tokens", "embedding"): (f"{prefix}embed_tokens.weight", None),
+        ("norm", "weight"): (f"{prefix}norm.weight", None),
+    }
+    for i in range(cfg.num_layers):
+        ours, theirs = f"layers_{i}", f"{prefix}layers.{i}"
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            m[(ours, norm, "weight")] = (f"{theirs}.{norm}.weight", None)
+        for block, names, bias in (("self_attn", ATTN_PROJECTIONS, cfg.attention_bias),
+                                   ("mlp", MLP_PROJECTIONS, cfg.mlp_bias)):
+            for p in names:
+                m[(ours, block, p, "kernel")] = (f"{theirs}.{block}.{p}.weight", lin)
+                if bias:
+                    m[(ours, block, p, "bias")] = (f"{theirs}.{block}.{p}.bias", None)
+    if cfg.with_lm_head and not cfg.tie_word_embeddings:
+        m[("lm_head", "kernel")] = ("lm_head.weight", lin)
+    return m
+
+
+# Parameters that no HF checkpoint holds; loading keeps their fresh initial values.
+PEFT_KEEP = (r"(^|/)lora_[ab]$", r"(^|/)adapter_")
+
+
+def load_llama(
+    ckpt_dir: str,
+    *,
+    rng: jax.Array | None = None,
+    **overrides: Any,
+) -> tuple[LlamaModel, dict]:
+    """Builds a :class:`LlamaModel` from a Hugging Face checkpoint directory.
+
+    Reads ``config.json`` (``model_type`` llama / mistral / gemma) and PyTorch-layout
+    safetensors (single file or sharded), with or without the ``model.`` prefix. ``lm_head.weight``
+    is expected iff the head is untied and ``with_lm_head``; a stored-but-tied
+    ``lm_head.weight`` and legacy ``rotary_emb.inv_freq`` buffers are ignored.
+
+    Args:
+      ckpt_dir: directory with ``config.json`` and ``model.safetensors`` (or an index + shards).
+      rng: key for the PEFT parameters (LoRA ``lora_a``, adapters) that the checkpoint lacks;
+        default ``jax.random.key(0)``.
+      **overrides: :class:`LlamaConfig` fields, e.g. ``dtype=jnp.bfloat16, lora_rank=8``.
+
+    Returns:
+      ``(model, params)`` with ``params`` the ``'params'`` collection (jax arrays in
+      ``param_dtype``), ready for ``model.apply({'params': params}, ids, mask)``.
+
+    Raises:
+      hf.CheckpointError: missing / unexpected / mis-shaped tensors, all listed at once.
+      ValueError: unsupported ``model_type`` or bad config fields.
+    """
+    cfg = LlamaConfig.from_hf(hf.read_config(ckpt_dir), **overrides)
+    model = LlamaModel(cfg)
+    rng = jax.random.key(0) if rng is None else rng
+    dummy = jnp.zeros((1, 1), jnp.int32)
+    abstract = jax.eval_shape(model.init, rng, dummy)["params"]
+
+    flat_abstract = traverse_util.flatten_dict(abstract)
+    keep_paths = [p for p in flat_abstract if any(re.search(k, hf.path_str(p)) for k in PEFT_KEEP)]
+    template = dict(flat_abstract)
+    if keep_paths:
+        # Initialise only the PEFT leaves: under jit, XLA drops the unused random init of the
+        # (possibly billions of) pretrained weights.
+        @jax.jit
+        def init_peft(key):
+            flat = traverse_util.flatten_dict(model.init(key, dummy)["params"])
+            return {"/".join(p): flat[p] for p in keep_paths}
+
+        fresh = init_peft(rng)
+        for p in keep_paths:
+            template[p] = np.asarray(fresh["/".join(p)])
+    template = traverse_util.unflatten_dict(template)
+
+    names = hf.safetensors_names(ckpt_dir)
+    prefix = "model." if any(n.startswith("model.") for n in names) else ""
+    ignorable = [r"rotary_emb\.inv_freq$"]
+    if not cfg.with_lm_head or cfg.tie_word_embeddings:
+        ignorable.append(r"^lm_head\.weight$")
+    tensors = hf.read_safetensors(ckpt_dir)
+    flat = hf.assign_params(template, hf_param_mapping(cfg, prefix), tensors, ckpt_dir,
+                            ignorable=ignorable, keep=PEFT_KEEP)
+    params = jax.tree.map(jnp.asarray, flat)
+    return model, params

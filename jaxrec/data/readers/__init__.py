@@ -1,0 +1,68 @@
+"""Readers for the public raw interaction formats, each returning an :class:`EventLog`.
+
+One module per format; each cites the paper / code whose processing it reproduces:
+
+| name             | module           | raw files                                   | source |
+|------------------|------------------|---------------------------------------------|--------|
+| ``retailrocket`` | ``retailrocket`` | ``events.csv``                              | SQN release, ``specs/rl.md`` §1.1 |
+| ``yoochoose``    | ``yoochoose``    | ``yoochoose-clicks.dat``, ``yoochoose-buys.dat`` | SQN release, ``specs/rl.md`` §1.2 |
+| ``movielens_100k`` | ``movielens``  | ``u.data``, ``u.item``                      | GroupLens README; ``specs/intent_pcrec.md`` §2.6 |
+| ``movielens_1m`` | ``movielens``    | ``ratings.dat``, ``movies.dat``             | GroupLens README |
+| ``recbole``      | ``recbole``      | ``<name>.inter`` (+ ``<name>.item``)        | RecBole atomic files, ``specs/ecosystem.md`` §9 |
+
+Every reader takes the raw directory first (``READERS[name](raw_dir, **options)``) and
+raises :class:`~jaxrec.data.events.DataFormatError` naming the file, the 1-based line and
+what was expected. Parsing is vectorised (pyarrow.csv); a line scan runs only on failure to
+locate the bad line (see ``_tabular``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from jaxrec.data.events import DataFormatError, EventLog
+from jaxrec.data.readers.movielens import (ML100K_GENRES, read_movielens_1m,
+                                           read_movielens_100k)
+from jaxrec.data.readers.recbole import read_recbole
+from jaxrec.data.readers.retailrocket import read_retailrocket
+from jaxrec.data.readers.yoochoose import read_yoochoose, sample_sessions
+from jaxrec.data.readers import movielens as _ml
+from jaxrec.data.readers import recbole as _rb
+from jaxrec.data.readers import retailrocket as _rr
+from jaxrec.data.readers import yoochoose as _yc
+
+
+class FileList(tuple):
+    """A tuple of file names that prints as ``a, b`` (it is interpolated into messages)."""
+
+    def __str__(self) -> str:
+        return ", ".join(self)
+
+
+READERS: dict[str, Callable[..., EventLog]] = {
+    "retailrocket": read_retailrocket,
+    "yoochoose": read_yoochoose,
+    "movielens_100k": read_movielens_100k,
+    "movielens_1m": read_movielens_1m,
+    "recbole": read_recbole,
+}
+
+EXPECTED_FILES: dict[str, FileList] = {
+    "retailrocket": FileList(_rr.FILES),
+    "yoochoose": FileList(_yc.FILES),
+    "movielens_100k": FileList(_ml.ML100K_FILES),
+    "movielens_1m": FileList(_ml.ML1M_FILES),
+    "recbole": FileList(_rb.FILES),
+}
+
+
+def read(name: str, raw_dir, **options) -> EventLog:
+    """``READERS[name](raw_dir, **options)`` with an error naming the known readers."""
+    if name not in READERS:
+        raise KeyError(f"unknown raw format {name!r}; known: {', '.join(READERS)}")
+    return READERS[name](raw_dir, **options)
+
+
+__all__ = ["READERS", "EXPECTED_FILES", "FileList", "read", "read_retailrocket",
+           "read_yoochoose", "read_movielens_100k", "read_movielens_1m", "read_recbole",
+           "sample_sessions", "ML100K_GENRES", "DataFormatError"]

@@ -1,0 +1,104 @@
+"""Pieces shared by the recommender methods: the encoder-plus-heads network, losses and
+the optimizer built from the config.
+
+The network is the arrangement of the SQN/SA2C code (rl.md §3): a sequential encoder
+(GRU4Rec, Caser, NextItNet or SASRec) maps the state to a vector, and separate dense heads
+map it to N item scores (the pad id is excluded). Heads use Xavier weights and zero bias,
+the TF ``fully_connected`` defaults [inferred from TF defaults].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrec.encoders import make_encoder
+
+
+def encoder_config(config) -> dict:
+    """The encoder fields of ``config.model`` as a plain dict (hashable parts only)."""
+    return {k: (tuple(v) if isinstance(v, list) else v)
+            for k, v in config.model.to_dict().items() if k != "encoder"}
+
+
+class RecNet(nn.Module):
+    """Encoder + named dense heads over the N items.
+
+    Attributes:
+      num_items: N (scores exclude the pad id).
+      encoder_name: key of :data:`jaxrec.encoders.ENCODERS`.
+      encoder_items: (key, value) pairs of encoder settings (a tuple, so the module hashes).
+      heads: names of the heads, e.g. ('s',) or ('q', 's').
+    """
+
+    num_items: int
+    encoder_name: str
+    encoder_items: tuple
+    heads: tuple = ("s",)
+
+    def setup(self):
+        self.encoder = make_encoder(self.encoder_name, dict(self.encoder_items),
+                                    num_items=self.num_items)
+        self.head_layers = {h: nn.Dense(self.num_items, name=f"head_{h}",
+                                        kernel_init=nn.initializers.xavier_uniform())
+                            for h in self.heads}
+
+    def __call__(self, items, lengths, train: bool = False) -> dict:
+        """items [B, L] int32, lengths [B] -> {head: [B, N]}."""
+        h = self.encoder(items, lengths, train=train)
+        return {name: layer(h) for name, layer in self.head_layers.items()}
+
+    def per_position(self, items, lengths, head: str = "s", train: bool = False):
+        """items [B, L] -> [B, L, N] scores at every position (causal encoders only)."""
+        seq = self.encoder.sequence(items, lengths, train=train)
+        return self.head_layers[head](seq)
+
+
+def make_net(config, heads=("s",)) -> RecNet:
+    return RecNet(num_items=int(config.data.num_items), encoder_name=config.model.encoder,
+                  encoder_items=tuple(sorted(encoder_config(config).items())),
+                  heads=tuple(heads))
+
+
+def make_optimizer(optim) -> optax.GradientTransformation:
+    """Adam (TF1 defaults in the papers) with optional global-norm clipping and weight decay.
+
+    ``optim`` fields: lr, b1 (0.9), b2 (0.999), eps (1e-8), weight_decay (0), clip_norm (0).
+    """
+    lr = float(optim.lr)
+    if float(optim.get("weight_decay", 0.0)) > 0:
+        tx = optax.adamw(lr, b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999),
+                         eps=optim.get("eps", 1e-8), weight_decay=optim.weight_decay)
+    else:
+        tx = optax.adam(lr, b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999),
+                        eps=optim.get("eps", 1e-8))
+    if float(optim.get("clip_norm", 0.0)) > 0:
+        tx = optax.chain(optax.clip_by_global_norm(float(optim.clip_norm)), tx)
+    return tx
+
+
+def cross_entropy(logits, labels, weights=None):
+    """Softmax cross-entropy per row. logits [..., N], labels [...] int (−1 = ignore).
+
+    Returns:
+      (mean loss over rows with label >= 0 (weighted if ``weights`` [...] given), count).
+    """
+    valid = labels >= 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    w = valid.astype(ce.dtype) if weights is None else valid * weights
+    n = jnp.maximum(valid.sum(), 1)
+    return (ce * w).sum() / n, n
+
+
+def take_action(values, actions):
+    """values [B, N], actions [B] -> [B] values of the chosen actions."""
+    return jnp.take_along_axis(values, actions[:, None], axis=1)[:, 0]
+
+
+def tree_where(cond, a: Any, b: Any) -> Any:
+    """Elementwise ``cond ? a : b`` over two pytrees of the same structure (cond scalar)."""
+    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)

@@ -1,0 +1,324 @@
+"""Full-ranking metrics: ranks, HR@k / NDCG@k / MRR@k, grouped streaming accumulation, tables.
+
+Protocols implemented:
+- RL papers (Xin et al. SIGIR 2020 / WSDM 2022 / SIGIR 2022; specs/rl.md §9,
+  ``utility.calculate_hit``): every event is a query, full ranking over all N items with
+  no history removal, one relevant item so IDCG = 1, NDCG gain 1/log2(rank+1), HR and NDCG
+  reported separately for clicks and purchases, plus cumulative reward@k (sum of the
+  rewards of hits).
+- Leave-one-out papers (IISAN, Fu et al. SIGIR 2024, specs/iisan.md §1.13; PCRec, Sun et
+  al. SIGIR 2022, specs/intent_pcrec.md §2.6): full ranking with the user's history items
+  excluded (IISAN), HR/NDCG/MRR@k.
+
+Ranks are computed by counting, not sorting: ``rank = 1 + #{j != t : s_j >= s_t}``, which
+is O(N) per query and jittable; the evaluator streams batches of queries through
+:class:`MetricAccumulator`, so a [Q, N] score matrix is never held for all queries.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Rank given to a target that cannot be ranked: excluded by the history mask, a NaN score,
+# or an id outside the catalogue. Larger than any catalogue, so it is a miss at every k
+# (even when k exceeds N), and small enough that rank + 1 does not overflow int32.
+UNRANKED = 2 ** 30
+
+METRIC_NAMES = ("hr", "ndcg", "mrr")
+# Table/group order of the RL papers' tables: purchases first, then clicks.
+PAPER_GROUPS = ("purchase", "click")
+# Group index = is_buy, so ``add(ranks, group=is_buy)`` works directly.
+RL_GROUPS = ("click", "purchase")
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def target_ranks(scores: jax.Array, targets: jax.Array,
+                 exclude_mask: Optional[jax.Array] = None, *,
+                 mask_target_if_in_history: bool = True) -> jax.Array:
+    """1-based rank of each target in a full ranking, ties broken pessimistically.
+
+    ``rank = 1 + #{j != target : score_j >= score_target}``: every other item whose score
+    ties with the target's is placed above it. A model that outputs the same score for
+    every item (or for a block of items containing the target) therefore gets no credit
+    for the tie — an optimistic or index-order tie-break would hand a constant scorer
+    HR@k = 1 whenever the target happens to have a small id, and argsort-based code (the
+    RL reference) silently does that. NaN scores are treated like ties (ranked above the
+    target); a NaN target score or an out-of-range target id gives :data:`UNRANKED`.
+
+    Args:
+      scores: ``[Q, N]`` float scores over the catalogue.
+      targets: ``[Q]`` int column of the relevant item in ``scores``.
+      exclude_mask: optional ``[Q, N]`` bool, True = remove the item from the ranking
+        (its score becomes -inf): leave-one-out history masking.
+      mask_target_if_in_history: what happens when the target itself is excluded. True
+        (IISAN's reference behaviour): it is masked like any history item and counts as a
+        miss (rank :data:`UNRANKED`). False: the target keeps its score; only the other
+        excluded items are removed.
+    Returns:
+      ``[Q]`` int32 ranks in ``[1, N]``, or :data:`UNRANKED`.
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"target_ranks: scores must have shape [Q, N], got {scores.shape}")
+    Q, N = scores.shape
+    if getattr(targets, "shape", None) != (Q,):
+        raise ValueError(f"target_ranks: targets must have shape [Q]=({Q},), got "
+                         f"{getattr(targets, 'shape', None)}")
+    if not jnp.issubdtype(jnp.asarray(targets).dtype, jnp.integer):
+        raise TypeError(f"target_ranks: targets must be integer item ids, got "
+                        f"{jnp.asarray(targets).dtype}")
+    if exclude_mask is not None and exclude_mask.shape != (Q, N):
+        raise ValueError(f"target_ranks: exclude_mask must have the shape of scores "
+                         f"{(Q, N)}, got {exclude_mask.shape}")
+    if _is_concrete(targets):
+        t = np.asarray(targets)
+        if t.size and (t.min() < 0 or t.max() >= N):
+            raise ValueError(f"target_ranks: targets must be in [0, N={N}), got range "
+                             f"[{t.min()}, {t.max()}]")
+    scores = jnp.asarray(scores, jnp.float32)
+    targets = jnp.asarray(targets, jnp.int32)
+    # Under jit an out-of-range target cannot raise: gather a NaN and report UNRANKED.
+    target_score = jnp.take_along_axis(scores, targets[:, None], axis=1, mode="fill",
+                                       fill_value=jnp.nan,
+                                       wrap_negative_indices=False)[:, 0]  # [Q]
+    is_target = jnp.arange(N)[None, :] == targets[:, None]                 # [Q, N]
+    unranked = jnp.isnan(target_score)
+    if exclude_mask is not None:
+        exclude_mask = jnp.asarray(exclude_mask, bool)
+        target_excluded = jnp.any(exclude_mask & is_target, axis=1)
+        if mask_target_if_in_history:
+            unranked = unranked | target_excluded
+        scores = jnp.where(exclude_mask & ~is_target, -jnp.inf, scores)
+    above = ((scores >= target_score[:, None]) | jnp.isnan(scores)) & ~is_target
+    ranks = 1 + jnp.sum(above, axis=1, dtype=jnp.int32)
+    return jnp.where(unranked, UNRANKED, ranks).astype(jnp.int32)
+
+
+def ranking_metrics(ranks: jax.Array, ks: Sequence[int] = (5, 10, 20)) -> dict:
+    """Per-query HR@k, NDCG@k and MRR@k from 1-based ranks.
+
+    One relevant item per query, so IDCG = 1: ``ndcg@k = 1/log2(rank+1)`` if
+    ``rank <= k`` else 0, ``hr@k = [rank <= k]``, ``mrr@k = 1/rank`` if ``rank <= k``.
+
+    Args:
+      ranks: ``[Q]`` int ranks (e.g. from :func:`target_ranks`).
+      ks: cut-offs.
+    Returns:
+      ``{'hr@k': [Q], 'ndcg@k': [Q], 'mrr@k': [Q]}`` float32 for every k.
+    """
+    ks = _check_ks(ks)
+    r = jnp.asarray(ranks).astype(jnp.float32)
+    out = {}
+    for k in ks:
+        hit = r <= k
+        out[f"hr@{k}"] = hit.astype(jnp.float32)
+        out[f"ndcg@{k}"] = jnp.where(hit, 1.0 / jnp.log2(r + 1.0), 0.0)
+        out[f"mrr@{k}"] = jnp.where(hit, 1.0 / r, 0.0)
+    return out
+
+
+def _check_ks(ks) -> tuple:
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"cut-offs ks must be positive integers, got {ks}")
+    return ks
+
+
+def top_k_items(scores: jax.Array, k: int) -> jax.Array:
+    """Indices of the k highest scores per row, best first: ``[Q, N] -> [Q, k]`` int32.
+
+    Ties go to the lower item index (``jax.lax.top_k``). Used for coverage, novelty and
+    repetition metrics, which need the recommended lists rather than a target's rank.
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"top_k_items: scores must have shape [Q, N], got {scores.shape}")
+    if not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"top_k_items: k must be in [1, N={scores.shape[1]}], got {k}")
+    return jax.lax.top_k(scores, k)[1].astype(jnp.int32)
+
+
+_jit_ranks = jax.jit(target_ranks, static_argnames=("mask_target_if_in_history",))
+
+
+class MetricAccumulator:
+    """Streams per-query metrics into per-group means (host-side float64 sums).
+
+    ``groups`` names the query groups; ``add(..., group=g)`` takes ``g [Q]`` int indices
+    into it. For the RL protocol use ``groups=RL_GROUPS`` (``('click', 'purchase')``) and
+    pass ``group=is_buy``; for leave-one-out a single group, e.g. ``('all',)``.
+
+    ``result()`` gives ``'{group}/{metric}@{k}'`` means, ``'{group}/count'``, and — when
+    rewards were passed — ``'{group}/reward@{k}'``, the *sum* of the rewards of hits (the
+    RL papers' cumulative reward). A group with no queries has count 0 and NaN means.
+    """
+
+    def __init__(self, ks: Sequence[int] = (5, 10, 20), groups: Sequence[str] = ("all",)):
+        self.ks = _check_ks(ks)
+        self.groups = tuple(str(g) for g in groups)
+        if not self.groups or len(set(self.groups)) != len(self.groups):
+            raise ValueError(f"MetricAccumulator: groups must be distinct names, got {groups}")
+        self.reset()
+
+    def reset(self) -> None:
+        G = len(self.groups)
+        self._count = np.zeros(G, np.int64)
+        self._sums = {f"{m}@{k}": np.zeros(G, np.float64)
+                      for k in self.ks for m in METRIC_NAMES}
+        self._reward = {f"reward@{k}": np.zeros(G, np.float64) for k in self.ks}
+        self._has_reward = False
+
+    def add(self, ranks, group=None, valid=None, reward=None) -> None:
+        """Adds a batch of queries.
+
+        Args:
+          ranks: ``[Q]`` int ranks.
+          group: ``[Q]`` int indices into ``groups``; None = all in group 0.
+          valid: ``[Q]`` bool; False rows are ignored (padding of a fixed-shape last batch).
+          reward: ``[Q]`` float reward of each query's event, for cumulative reward@k.
+        """
+        ranks = np.asarray(ranks)
+        if ranks.ndim != 1:
+            raise ValueError(f"MetricAccumulator.add: ranks must have shape [Q], got "
+                             f"{ranks.shape}")
+        Q = ranks.shape[0]
+        g = np.zeros(Q, np.int64) if group is None else np.asarray(group).astype(np.int64)
+        if g.shape != (Q,):
+            raise ValueError(f"MetricAccumulator.add: group must have shape [Q]=({Q},), got "
+                             f"{g.shape}")
+        if Q and (g.min() < 0 or g.max() >= len(self.groups)):
+            raise ValueError(f"MetricAccumulator.add: group indices must be in "
+                             f"[0, {len(self.groups)}) for groups {self.groups}, got range "
+                             f"[{g.min()}, {g.max()}]")
+        keep = np.ones(Q, bool) if valid is None else np.asarray(valid, bool)
+        if keep.shape != (Q,):
+            raise ValueError(f"MetricAccumulator.add: valid must have shape [Q]=({Q},), got "
+                             f"{keep.shape}")
+        if reward is not None:
+            reward = np.asarray(reward, np.float64)
+            if reward.shape != (Q,):
+                raise ValueError(f"MetricAccumulator.add: reward must have shape "
+                                 f"[Q]=({Q},), got {reward.shape}")
+            self._has_reward = True
+        G = len(self.groups)
+        g, r = g[keep], ranks[keep].astype(np.float64)
+        self._count += np.bincount(g, minlength=G)
+        # Same formulas as ranking_metrics, in float64 on the host: the accumulator
+        # must not depend on a device being present or on float32 summation order.
+        for k in self.ks:
+            hit = r <= k
+            self._sums[f"hr@{k}"] += np.bincount(g, weights=hit.astype(np.float64),
+                                                 minlength=G)
+            self._sums[f"ndcg@{k}"] += np.bincount(
+                g, weights=np.where(hit, 1.0 / np.log2(r + 1.0), 0.0), minlength=G)
+            self._sums[f"mrr@{k}"] += np.bincount(g, weights=np.where(hit, 1.0 / r, 0.0),
+                                                  minlength=G)
+            if reward is not None:
+                self._reward[f"reward@{k}"] += np.bincount(
+                    g, weights=np.where(hit, reward[keep], 0.0), minlength=G)
+
+    def add_scores(self, scores, targets, group=None, valid=None, reward=None,
+                   exclude_mask=None, *, mask_target_if_in_history: bool = True) -> None:
+        """Ranks a batch (jitted :func:`target_ranks`) and adds it.
+
+        Args:
+          scores: ``[Q, N]``; targets: ``[Q]``; exclude_mask: ``[Q, N]`` bool or None;
+          the rest as in :meth:`add`.
+        """
+        if valid is not None:
+            # Padding rows of a fixed-shape batch may carry any target id; park them at 0
+            # so the range check does not reject the batch.
+            targets = np.where(np.asarray(valid, bool), np.asarray(targets), 0)
+        ranks = _jit_ranks(scores, targets, exclude_mask,
+                           mask_target_if_in_history=mask_target_if_in_history)
+        self.add(ranks, group=group, valid=valid, reward=reward)
+
+    def result(self) -> dict:
+        """``{'{group}/{metric}@{k}': mean, '{group}/count': n, ...}`` as Python numbers."""
+        out = {}
+        for i, name in enumerate(self.groups):
+            n = int(self._count[i])
+            out[f"{name}/count"] = n
+            for key, s in self._sums.items():
+                out[f"{name}/{key}"] = float(s[i] / n) if n else float("nan")
+            if self._has_reward:
+                for key, s in self._reward.items():
+                    out[f"{name}/{key}"] = float(s[i])
+        return out
+
+
+def paper_columns(groups: Sequence[str] = PAPER_GROUPS, ks: Sequence[int] = (5, 10, 20),
+                  metrics: Sequence[str] = ("hr", "ndcg")) -> list:
+    """Column keys in the RL papers' table order: per group, for each k, HR then NDCG."""
+    return [f"{g}/{m}@{k}" for g in groups for k in ks for m in metrics]
+
+
+_SHORT = {"hr": "HR", "ndcg": "NG", "mrr": "MRR", "reward": "R"}
+
+
+def _column_label(metric: str) -> str:
+    name, _, k = metric.partition("@")
+    return f"{_SHORT.get(name, name)}@{k}" if k else _SHORT.get(name, name)
+
+
+def format_table(rows: Mapping[str, Mapping[str, float]],
+                 columns: Optional[Sequence[str]] = None, digits: int = 4) -> str:
+    """A paper-style text table: one row per method, grouped metric columns.
+
+    Args:
+      rows: ``{method: {'purchase/hr@5': 0.39, ...}}`` (e.g. ``MetricAccumulator.result()``
+        per method).
+      columns: column keys ``'{group}/{metric}'``; None = :func:`paper_columns` restricted
+        to keys present in some row (purchase HR/NDCG @5/10/20, then click).
+      digits: decimals shown.
+    Returns:
+      The table as a string; missing values print as ``-``. Groups are separated by ``|``
+      and labelled on a header line above their columns.
+    """
+    if columns is None:
+        present = set().union(*(r.keys() for r in rows.values())) if rows else set()
+        columns = [c for c in paper_columns() if c in present]
+        if not columns:   # not the RL layout: every non-count key, in first-seen order
+            columns = list(dict.fromkeys(c for r in rows.values() for c in r
+                                         if not c.endswith("/count")))
+    columns = list(columns)
+    groups, metrics = [], []
+    for c in columns:
+        g, sep, m = c.rpartition("/")
+        groups.append(g if sep else "")
+        metrics.append(m)
+    width = max([digits + 3] + [len(_column_label(m)) for m in metrics])
+    name_w = max([len("method")] + [len(str(n)) for n in rows])
+
+    # Runs of consecutive columns with the same group share one header cell.
+    runs = []
+    for i, g in enumerate(groups):
+        if runs and runs[-1][0] == g:
+            runs[-1][1].append(i)
+        else:
+            runs.append((g, [i]))
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return "-".rjust(width)
+        if isinstance(v, (int, np.integer)):
+            return str(int(v)).rjust(width)
+        return f"{float(v):.{digits}f}".rjust(width)
+
+    def join(cells_per_run):
+        return " | ".join(" ".join(cells) for cells in cells_per_run)
+
+    span = lambda n: n * width + (n - 1)
+    head1 = " " * name_w + " | " + " | ".join(g.center(span(len(ix))) for g, ix in runs)
+    head2 = "method".ljust(name_w) + " | " + join(
+        [[_column_label(metrics[i]).rjust(width) for i in ix] for _, ix in runs])
+    lines = [head1.rstrip(), head2, "-" * len(head2)]
+    for name, vals in rows.items():
+        lines.append(str(name).ljust(name_w) + " | " + join(
+            [[cell(vals.get(columns[i])) for i in ix] for _, ix in runs]))
+    return "\n".join(lines)
