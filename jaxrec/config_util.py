@@ -25,7 +25,7 @@ ENCODERS = ("gru4rec", "caser", "nextitnet", "sasrec")
 #          epochs, default protocol). RetailRocket / RC15 values from the released code
 #          (rl.md §3: lr 0.005 / 0.01, validation every 2,000 steps, 30 epochs for SQN).
 DATASET_DEFAULTS = {
-    "synthetic": dict(lr=0.005, eval_every=250, epochs=20, protocol="session"),
+    "synthetic": dict(lr=0.005, eval_every=100, epochs=10, protocol="session"),
     "retailrocket": dict(lr=0.005, eval_every=2000, epochs=30, protocol="session"),
     "yoochoose": dict(lr=0.01, eval_every=2000, epochs=30, protocol="session"),
     # MovieLens-1M is not in the RL papers: users play the role of sessions and every

@@ -15,7 +15,10 @@ METHODS = ("supervised", "popularity", "sqn")
 
 
 def get_method(name: str):
-    """Returns the method module ``jaxrec.methods.<name>``."""
+    """Returns the method module ``jaxrec.methods.<name>``, or any importable module given
+    by a dotted path (``mypkg.my_method``): a new method needs no change to the trainer."""
+    if "." in name:
+        return importlib.import_module(name)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
     return importlib.import_module(f"jaxrec.methods.{name}")

@@ -125,8 +125,11 @@ def train(config, workdir: str, task: Optional[TaskData] = None,
     bar = None
     if progress and start < num_steps:
         from tqdm import tqdm
+        import sys
+        # Redraw rarely when stderr is a log file rather than a terminal.
         bar = tqdm(total=num_steps, initial=start, desc=f"train {config.method}",
-                   unit="step", dynamic_ncols=True)
+                   unit="step", dynamic_ncols=True,
+                   mininterval=0.2 if sys.stderr.isatty() else 30.0)
     window = []
     t0 = time.time()
     for step in range(start, num_steps):

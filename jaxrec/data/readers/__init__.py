@@ -2,13 +2,15 @@
 
 One module per format; each cites the paper / code whose processing it reproduces:
 
-| name             | module           | raw files                                   | source |
-|------------------|------------------|---------------------------------------------|--------|
-| ``retailrocket`` | ``retailrocket`` | ``events.csv``                              | SQN release, ``specs/rl.md`` §1.1 |
-| ``yoochoose``    | ``yoochoose``    | ``yoochoose-clicks.dat``, ``yoochoose-buys.dat`` | SQN release, ``specs/rl.md`` §1.2 |
-| ``movielens_100k`` | ``movielens``  | ``u.data``, ``u.item``                      | GroupLens README; ``specs/intent_pcrec.md`` §2.6 |
-| ``movielens_1m`` | ``movielens``    | ``ratings.dat``, ``movies.dat``             | GroupLens README |
-| ``recbole``      | ``recbole``      | ``<name>.inter`` (+ ``<name>.item``)        | RecBole atomic files, ``specs/ecosystem.md`` §9 |
+- ``retailrocket`` (module ``retailrocket``): ``events.csv``; the SQN release's
+  ``preprocess_kaggle.py`` (``specs/rl.md`` §1.1).
+- ``yoochoose`` (``yoochoose``): ``yoochoose-clicks.dat``, ``yoochoose-buys.dat``; the SQN
+  release's ``sample_data.py`` + ``merge_and_sort.py`` (``specs/rl.md`` §1.2).
+- ``movielens_100k`` / ``movielens_1m`` (``movielens``): ``u.data`` + ``u.item`` /
+  ``ratings.dat`` + ``movies.dat``; GroupLens READMEs, per-user sequences for the
+  leave-one-out papers (``specs/intent_pcrec.md`` §2.6).
+- ``recbole`` (``recbole``): ``<name>.inter`` (+ ``<name>.item``), RecBole atomic files, e.g.
+  the ML-100K copy in the ``recbole`` wheel (``specs/ecosystem.md`` §9).
 
 Every reader takes the raw directory first (``READERS[name](raw_dir, **options)``) and
 raises :class:`~jaxrec.data.events.DataFormatError` naming the file, the 1-based line and

@@ -7,10 +7,11 @@ columns. Two paths read the same rules:
 - a **fast path**: ``pyarrow.csv`` parses the whole file with typed columns, multithreaded,
   and the semantic checks (allowed values, patterns) run vectorised in Arrow. The
   YooChoose clicks file has 33M lines, so nothing per-line in Python may run on good input.
-- a **line scan**, run only when the fast path rejects the file: it re-reads the file line
-  by line with the same rules and raises :class:`DataFormatError` naming the 1-based line
-  and the field, which Arrow's own messages do not reliably give (its row numbers skip
-  blank lines and are per parse block).
+- a **locating scan**, run only when the fast path rejects the file: Arrow re-parses it in
+  chunks cut at line ends, and the first failing chunk is checked line by line in Python
+  with the same rules, raising :class:`DataFormatError` with the 1-based line and field.
+  Arrow's own messages do not reliably give the line (its row numbers skip blank lines
+  and restart per parse block).
 
 The scan is deliberately *no stricter* than Arrow (e.g. Arrow accepts spaces around
 numbers, so the scan does too): a stricter scan could blame an earlier, acceptable line.
@@ -26,6 +27,9 @@ import re
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from jaxrec.data.events import DataFormatError
 
@@ -38,12 +42,13 @@ STR = "str"        # free text, optionally restricted by ``choices`` or ``patter
 
 _KINDS = (INT, FLOAT, ISO_MS, STR)
 
-# Python regexes mirroring what Arrow's CSV converters accept (see module docstring).
-_INT_RE = re.compile(r"\s*-?\d+\s*")
-_FLOAT_RE = re.compile(
-    r"\s*[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|infinity)\s*", re.IGNORECASE)
-_ISO_RE = re.compile(
-    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?(?:Z|[-+]\d{2}(?::?\d{2})?)")
+# What Arrow's CSV converters accept, as Python regexes (ASCII digits, as in RE2/Arrow);
+# see the module docstring for why they must not be stricter.
+_INT_RE = re.compile(r"\s*-?\d+\s*", re.ASCII)
+_FLOAT_RE = re.compile(r"\s*[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|infinity)\s*",
+                       re.IGNORECASE | re.ASCII)
+_ISO_RE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?"
+                     r"(?:Z|[-+]\d{2}(?::?\d{2})?)", re.ASCII)
 _INT64_MAX = 2**63 - 1
 
 # Multi-character delimiters ('::' in MovieLens-1M) are rewritten to this byte for Arrow,
@@ -94,7 +99,7 @@ class Field:
         elif self.choices is not None:
             ok = value in self.choices
         elif self.pattern is not None:
-            ok = re.fullmatch(self.pattern, value) is not None
+            ok = re.fullmatch(self.pattern, value, re.ASCII) is not None  # RE2: ASCII \d
         return None if ok else self.describe()
 
 
@@ -128,10 +133,21 @@ class TableSpec:
 
     def row_description(self) -> str:
         sep = "tab" if self.delimiter == "\t" else repr(self.delimiter)
-        return f"{len(self.fields)} {sep}-separated fields ({', '.join(self.names)})"
+        names = self.names if len(self.names) <= 8 else self.names[:6] + ["..."]
+        return f"{len(self.fields)} {sep}-separated fields ({', '.join(names)})"
 
 
-RowCheck = Callable[[Sequence[str]], Optional[str]]
+@dataclasses.dataclass(frozen=True)
+class RowRule:
+    """A cross-field rule, stated twice: once vectorised, once for a single line.
+
+    Attributes:
+      table_ok: parsed ``pyarrow.Table`` -> True when every row obeys the rule.
+      line_problem: the split string values of one line -> None, or what is wrong.
+    """
+
+    table_ok: Callable[..., bool]
+    line_problem: Callable[[Sequence[str]], Optional[str]]
 
 
 def require_file(raw_dir, filename: str, reader: str, expected: Sequence[str]) -> str:
@@ -146,24 +162,19 @@ def require_file(raw_dir, filename: str, reader: str, expected: Sequence[str]) -
     return path
 
 
-def read_table(path: str, spec: TableSpec, row_check: Optional[RowCheck] = None):
+def read_table(path: str, spec: TableSpec, rules: Sequence[RowRule] = ()):
     """Parses and validates a delimited file.
 
     Args:
       path: the file.
       spec: its layout.
-      row_check: optional cross-field rule, given the split string values of one row and
-        returning a message on violation; it runs only in the line scan, so the caller must
-        check the same rule vectorised and call :func:`locate_error` when it fails.
+      rules: cross-field rules every row must obey.
     Returns:
       a ``pyarrow.Table`` with R rows and one column per field: int64 (``int``), float64
       (``float``), timestamp[ms, UTC] (``iso_ms``, see :func:`to_numpy`) or string.
     Raises:
       DataFormatError: naming the file, the 1-based line and the expected content.
     """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
     size = os.path.getsize(path)
     if size == 0:
         what = f"the header line {spec.header!r}" if spec.header else spec.row_description()
@@ -171,24 +182,44 @@ def read_table(path: str, spec: TableSpec, row_check: Optional[RowCheck] = None)
     if spec.header is not None:
         _check_header(path, spec)
 
+    if len(spec.delimiter) > 1:
+        with open(path, "rb") as f:
+            source = f.read()
+    else:
+        source = path  # Arrow reads (and decodes) the file itself, multithreaded
+    table, problem = _parse(source, spec, skip_header=spec.header is not None, rules=rules)
+    if problem is not None:
+        locate_error(path, spec, problem, rules)
+    if table.num_rows == 0:
+        line = 2 if spec.header is not None else 1
+        raise DataFormatError(path, f"no data rows; expected rows of {spec.row_description()}"
+                              + (" after the header" if spec.header else ""), line)
+    return table
+
+
+def _parse(source, spec: TableSpec, skip_header: bool, rules: Sequence[RowRule] = ()):
+    """Arrow parse of a path or bytes plus all vectorised checks.
+
+    Returns:
+      (table, None) on success, (None, reason) when anything is wrong.
+    """
+    multi = len(spec.delimiter) > 1
+    if multi:
+        # Arrow splits on one character only: rewrite the delimiter to U+001F, unless that
+        # character already occurs (it would then split a field).
+        if _UNIT_SEP.encode() in source:
+            return None, "the file contains the control character U+001F"
+        source = source.replace(spec.delimiter.encode(spec.encoding), _UNIT_SEP.encode())
+    if isinstance(source, bytes):
+        source = pa.BufferReader(source)
     types = {INT: pa.int64(), FLOAT: pa.float64(), ISO_MS: pa.timestamp("ms", tz="UTC"),
              STR: pa.string()}
-    multi = len(spec.delimiter) > 1
     try:
-        if multi:
-            with open(path, "rb") as f:
-                data = f.read()
-            if _UNIT_SEP.encode() in data:
-                raise _FastPathRefused("file contains the control character U+001F")
-            source = pa.BufferReader(data.replace(spec.delimiter.encode(spec.encoding),
-                                                  _UNIT_SEP.encode()))
-        else:
-            source = path
         table = pacsv.read_csv(
             source,
-            read_options=pacsv.ReadOptions(
-                column_names=spec.names, skip_rows=1 if spec.header is not None else 0,
-                encoding=spec.encoding),
+            read_options=pacsv.ReadOptions(column_names=spec.names,
+                                           skip_rows=1 if skip_header else 0,
+                                           encoding=spec.encoding),
             parse_options=pacsv.ParseOptions(
                 delimiter=_UNIT_SEP if multi else spec.delimiter, quote_char=False,
                 double_quote=False, escape_char=False, newlines_in_values=False,
@@ -197,22 +228,14 @@ def read_table(path: str, spec: TableSpec, row_check: Optional[RowCheck] = None)
                 column_types={f.name: types[f.kind] for f in spec.fields},
                 # No null markers: an empty or 'NA' id must be an error, not a null.
                 null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False))
-    except (pa.ArrowInvalid, _FastPathRefused, UnicodeDecodeError) as e:
-        locate_error(path, spec, str(e), row_check)
-        raise AssertionError("unreachable")  # locate_error always raises
-
+    except pa.ArrowInvalid as e:
+        return None, str(e)
     if table.num_rows == 0:
-        line = 2 if spec.header is not None else 1
-        raise DataFormatError(path, f"no data rows; expected rows of {spec.row_description()}"
-                              + (" after the header" if spec.header else ""), line)
-    bad = _vectorised_problem(table, spec)
-    if bad is not None:
-        locate_error(path, spec, bad, row_check)
-    return table
-
-
-class _FastPathRefused(Exception):
-    pass
+        return table, None
+    problem = _vectorised_problem(table, spec)
+    if problem is None and not all(rule.table_ok(table) for rule in rules):
+        problem = "a cross-field rule is violated"
+    return (None, problem) if problem is not None else (table, None)
 
 
 def _check_header(path: str, spec: TableSpec) -> None:
@@ -229,9 +252,6 @@ def _check_header(path: str, spec: TableSpec) -> None:
 
 def _vectorised_problem(table, spec: TableSpec) -> Optional[str]:
     """Arrow-side check of ``choices`` / ``pattern`` rules; a description of the failure."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     for f in spec.fields:
         if f.kind != STR:
             continue
@@ -247,48 +267,71 @@ def _vectorised_problem(table, spec: TableSpec) -> Optional[str]:
     return None
 
 
-def locate_error(path: str, spec: TableSpec, reason: str,
-                 row_check: Optional[RowCheck] = None) -> None:
-    """Scans ``path`` line by line and raises DataFormatError at the first bad line.
+LOCATE_CHUNK_BYTES = 4 << 20
 
-    Called when the fast path failed (``reason`` is its message). Blank lines are skipped,
-    as Arrow skips them. If no line is found at fault the error carries ``reason`` alone.
+
+def locate_error(path: str, spec: TableSpec, reason: str,
+                 rules: Sequence[RowRule] = ()) -> None:
+    """Finds the first bad line of ``path`` and raises DataFormatError naming it.
+
+    Called when the fast path failed (``reason`` is its message). The file is re-parsed
+    with Arrow in ~4 MB chunks cut at line ends, counting newlines to know each chunk's
+    first line; only the first failing chunk is scanned line by line in Python (a full
+    Python scan of the 33M-line YooChoose file would take minutes). Blank lines are skipped
+    as Arrow skips them. If no line is found at fault, the error carries ``reason``.
     """
-    log.info("%s: fast parse failed (%s); scanning line by line to locate the error",
-             path, reason)
-    n = len(spec.fields)
-    multi = len(spec.delimiter) > 1
+    log.info("%s: fast parse failed (%s); locating the first bad line", path, reason)
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1 and spec.header is not None:
-                continue
-            try:
-                text = raw.decode(spec.encoding)
-            except UnicodeDecodeError as e:
-                raise DataFormatError(path, f"bytes {e.start}-{e.end} are not valid "
-                                      f"{spec.encoding} ({e.reason})", lineno) from None
-            text = text.rstrip("\r\n")
-            if not text:
-                continue
-            if multi and _UNIT_SEP in text:
-                raise DataFormatError(path, "unexpected control character U+001F", lineno)
-            values = text.split(spec.delimiter)
-            if len(values) != n:
-                hint = (" (the line looks truncated or is missing fields)"
-                        if len(values) < n else "")
-                raise DataFormatError(path, f"expected {spec.row_description()}, got "
-                                      f"{len(values)} field(s){hint}: {_clip(text)!r}", lineno)
-            for i, (fld, value) in enumerate(zip(spec.fields, values)):
-                expected = fld.problem(value)
-                if expected is not None:
-                    raise DataFormatError(path, f"field {i + 1} ({fld.name}): expected "
-                                          f"{expected}, got {_clip(value)!r}", lineno)
-            if row_check is not None:
-                msg = row_check(values)
-                if msg is not None:
-                    raise DataFormatError(path, msg, lineno)
+        lines_before = 0
+        if spec.header is not None:
+            f.readline()
+            lines_before = 1
+        while True:
+            chunk = f.read(LOCATE_CHUNK_BYTES)
+            if not chunk:
+                break
+            if not chunk.endswith(b"\n"):
+                chunk += f.readline()  # complete the last line of the chunk
+            if chunk.strip(b"\r\n"):
+                _, problem = _parse(chunk, spec, skip_header=False, rules=rules)
+                if problem is not None:
+                    _scan_lines(path, spec, chunk, lines_before, rules)
+            lines_before += chunk.count(b"\n")
     raise DataFormatError(path, f"could not be parsed ({reason}); no single line was found "
                           "at fault")
+
+
+def _scan_lines(path: str, spec: TableSpec, chunk: bytes, lines_before: int,
+                rules: Sequence[RowRule]) -> None:
+    """Checks each line of ``chunk`` (whose first line is ``lines_before + 1``); raises at
+    the first bad one, returns if none is bad."""
+    n = len(spec.fields)
+    multi = len(spec.delimiter) > 1
+    for lineno, raw in enumerate(chunk.split(b"\n"), start=lines_before + 1):
+        try:
+            text = raw.decode(spec.encoding)
+        except UnicodeDecodeError as e:
+            raise DataFormatError(path, f"bytes {e.start}-{e.end} are not valid "
+                                  f"{spec.encoding} ({e.reason})", lineno) from None
+        text = text.rstrip("\r")
+        if not text:
+            continue
+        if multi and _UNIT_SEP in text:
+            raise DataFormatError(path, "unexpected control character U+001F", lineno)
+        values = text.split(spec.delimiter)
+        if len(values) != n:
+            hint = " (the line looks truncated or is missing fields)" if len(values) < n else ""
+            raise DataFormatError(path, f"expected {spec.row_description()}, got "
+                                  f"{len(values)} field(s){hint}: {_clip(text)!r}", lineno)
+        for i, (fld, value) in enumerate(zip(spec.fields, values)):
+            expected = fld.problem(value)
+            if expected is not None:
+                raise DataFormatError(path, f"field {i + 1} ({fld.name}): expected "
+                                      f"{expected}, got {_clip(value)!r}", lineno)
+        for rule in rules:
+            msg = rule.line_problem(values)
+            if msg is not None:
+                raise DataFormatError(path, msg, lineno)
 
 
 def _clip(s: str, n: int = 80) -> str:
@@ -298,8 +341,6 @@ def _clip(s: str, n: int = 80) -> str:
 def to_numpy(table, name: str) -> np.ndarray:
     """One column as numpy: [R] int64 / float64; ``iso_ms`` columns as int64 milliseconds;
     ``str`` columns as a numpy unicode array (only use on small or low-cardinality data)."""
-    import pyarrow as pa
-
     col = table.column(name)
     if pa.types.is_timestamp(col.type):
         col = col.cast(pa.int64())
@@ -313,9 +354,6 @@ def choice_codes(table, fld: Field) -> np.ndarray:
 
     Arrow computes the codes, so no per-row Python strings are created (RetailRocket's
     event column has 2.7M rows)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     codes = pc.index_in(table.column(fld.name),
                         value_set=pa.array(list(fld.choices), pa.string()))
     return codes.to_numpy().astype(np.int8)
@@ -323,8 +361,6 @@ def choice_codes(table, fld: Field) -> np.ndarray:
 
 def is_empty(table, name: str) -> np.ndarray:
     """[R] bool: the string column's value is the empty string."""
-    import pyarrow.compute as pc
-
     return pc.equal(pc.utf8_length(table.column(name)), 0).to_numpy()
 
 

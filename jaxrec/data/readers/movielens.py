@@ -74,6 +74,8 @@ def _item_info(item_path: str, table, item_uniques: np.ndarray, genres_of) -> It
       table: the parsed item file (one row per movie).
       item_uniques: [N] sorted raw ids of the rated movies.
       genres_of: row index -> list of genre labels.
+    Returns:
+      ItemInfo with [N] titles and [N] genre lists, index = dense item id.
     """
     ids = tab.to_numpy(table, "item")
     uniq, counts = np.unique(ids, return_counts=True)

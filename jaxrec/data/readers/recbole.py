@@ -105,15 +105,18 @@ def _pick(names: list[str], exact: tuple[str, ...], fragments: tuple[str, ...]) 
     return None
 
 
-def _finite(path, spec, table, name) -> None:
-    values = tab.to_numpy(table, name)
-    if not np.all(np.isfinite(values)):
-        col = spec.names.index(name)
+def _finite_rule(spec: tab.TableSpec, name: str) -> tab.RowRule:
+    """Rule: float field ``name`` holds no nan/inf (Arrow parses them, sorting cannot)."""
+    col = spec.names.index(name)
 
-        def check(row):
-            return (f"field {col + 1} ({name}): expected a finite number, got {row[col]!r}"
-                    if not np.isfinite(float(row[col])) else None)
-        tab.locate_error(path, spec, f"non-finite {name}", check)
+    def table_ok(table) -> bool:
+        return bool(np.all(np.isfinite(tab.to_numpy(table, name))))
+
+    def line_problem(values):
+        if not np.isfinite(float(values[col])):
+            return f"field {col + 1} ({name}): expected a finite number, got {values[col]!r}"
+        return None
+    return tab.RowRule(table_ok, line_problem)
 
 
 def find_name(raw_dir) -> str:
@@ -153,12 +156,12 @@ def read_recbole(raw_dir, name: Optional[str] = None) -> EventLog:
         _typed(inter_path, fields, f)
     spec = _spec(header, fields)
     log.info("recbole: parsing %s", inter_path)
-    table = tab.read_table(inter_path, spec)
     names = spec.names
+    rules = [_finite_rule(spec, f) for f in ("timestamp", "rating") if f in names]
+    table = tab.read_table(inter_path, spec, rules=rules)
     user = tab.to_numpy(table, "user_id")
     item = tab.to_numpy(table, "item_id")
     if "timestamp" in names:
-        _finite(inter_path, spec, table, "timestamp")
         ts = tab.to_numpy(table, "timestamp")
         if np.all(ts == np.round(ts)) and np.all(np.abs(ts) < 2.0**62):
             ts = ts.astype(np.int64)
@@ -166,7 +169,6 @@ def read_recbole(raw_dir, name: Optional[str] = None) -> EventLog:
         ts = np.arange(len(item), dtype=np.int64)  # file order
     rating = None
     if "rating" in names:
-        _finite(inter_path, spec, table, "rating")
         rating = tab.to_numpy(table, "rating")
     del table
 
@@ -190,7 +192,7 @@ def _read_items(path: str, item_uniques: np.ndarray) -> ItemInfo:
     ids = tab.to_numpy(table, "item_id")
     uniq, counts = np.unique(ids, return_counts=True)
     if np.any(counts > 1):
-        raise DataFormatError(path, f"item_id {uniq[counts > 1][0]!r} appears on "
+        raise DataFormatError(path, f"item_id {str(uniq[counts > 1][0])!r} appears on "
                               f"{counts[counts > 1][0]} lines; expected one line per item")
     types = dict(fields)
     title_f = _pick(names, TITLE_NAMES, ("title",))

@@ -1,0 +1,496 @@
+"""Tests for jaxrec.encoders (specs/rl.md §2, specs/iisan.md §1.8, intent_pcrec.md §2.5).
+
+Every encoder is compared against an independent NumPy (float64) re-derivation of the
+reference's TF1 computation, run on randomly *perturbed* parameters so that LN biases,
+gate biases and the pad row are all non-trivial. On top: shapes, padding invariance,
+causality, analytic parameter counts (via jax.eval_shape) and dropout behaviour.
+"""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from jaxrec.encoders import ENCODERS, EncoderConfig, make_encoder
+from jaxrec.encoders.common import REFERENCE_MASK_VALUE
+
+N = 30          # items
+L = 10          # state length
+# Histories in 0-based item ids: empty, one item, short, exactly L, long (cut to last L).
+HISTORIES = [[], [7], [3, 14, 3, 25], list(range(10, 20)), [1, 2, 3, 4, 5, 6, 7], [29, 0, 8]]
+B = len(HISTORIES)
+CAUSAL = ("gru4rec", "nextitnet", "sasrec")
+
+
+def make_batch(histories, padding):
+    """Right: ids 0..N-1, pad N after, len = max(|h|, 1). Left: ids +1, pad 0 before."""
+    items = np.zeros((len(histories), L), np.int32)
+    lengths = np.zeros(len(histories), np.int32)
+    for b, h in enumerate(histories):
+        h = h[-L:]
+        if padding == "right":
+            items[b] = N
+            items[b, :len(h)] = h
+            lengths[b] = max(len(h), 1)
+        else:
+            items[b, L - len(h):] = np.asarray(h, np.int32) + 1
+            lengths[b] = len(h)
+    return items, lengths
+
+
+def perturb(params, seed, scale=0.3):
+    """Adds N(0, scale^2) noise to every leaf so no parameter keeps its special init."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype)
+                                        for x, k in zip(leaves, keys)])
+
+
+@functools.lru_cache(maxsize=None)
+def build(name, padding="right", **overrides):
+    """(model, perturbed params, jitted state fn, jitted sequence fn or None)."""
+    cfg = EncoderConfig(padding=padding, **overrides)
+    model = ENCODERS[name](N, cfg)
+    items, lengths = make_batch(HISTORIES, padding)
+    params = model.init(jax.random.key(0), items, lengths, train=False)["params"]
+    params = perturb(params, seed=1)
+
+    def state(p, items, lengths, train=False, rng=None):
+        rngs = None if rng is None else {"dropout": rng}
+        return model.apply({"params": p}, items, lengths, train=train, rngs=rngs)
+
+    state_fn = jax.jit(state, static_argnames="train")
+    seq_fn = None
+    if hasattr(model, "sequence"):
+        seq_fn = jax.jit(lambda p, items, lengths: model.apply(
+            {"params": p}, items, lengths, train=False, method="sequence"))
+    return model, params, state_fn, seq_fn
+
+
+def np_(tree):
+    return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
+def np_ln(x, p, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# ----------------------------------------------------------------- NumPy references
+def ref_gru(p, items, lengths, padding):
+    """TF1 GRUCell under dynamic_rnn(sequence_length=len): h after len steps."""
+    p = np_(p)
+    E = p["item_embed"]["embedding"]
+    H = p["gate_bias"].shape[0] // 2
+    out = np.zeros((items.shape[0], H))
+    for b in range(items.shape[0]):
+        h = np.zeros(H)
+        steps = range(lengths[b]) if padding == "right" else range(L - lengths[b], L)
+        for t in steps:
+            x = E[items[b, t]]
+            g = sigmoid(np.concatenate([x, h]) @ p["gate_kernel"] + p["gate_bias"])
+            r, u = g[:H], g[H:]
+            c = np.tanh(np.concatenate([x, r * h]) @ p["candidate_kernel"] + p["candidate_bias"])
+            h = u * h + (1 - u) * c
+        out[b] = h
+    return out
+
+
+def ref_caser(p, items, pad_id, cfg):
+    p = np_(p)
+    x = p["item_embed"]["embedding"][items] * (items != pad_id)[..., None]   # [B, L, D]
+    feats = []
+    for h in cfg.filter_heights:
+        W, bias = p[f"h_conv_{h}"]["kernel"], p[f"h_conv_{h}"]["bias"]      # [h, D, F]
+        conv = np.stack([np.einsum("bhd,hdf->bf", x[:, t:t + h], W) + bias
+                         for t in range(L - h + 1)], axis=1)
+        feats.append(np.maximum(conv, 0).max(axis=1))
+    v = np.maximum(np.einsum("bld,lv->bvd", x, p["v_kernel"]) + p["v_bias"][None, :, None], 0)
+    return np.concatenate(feats + [v.reshape(len(items), -1)], axis=1)
+
+
+def ref_causal_conv(x, W, bias, dil):
+    """out[t] = sum_i W[i] x[t - (k-1-i) dil] (zero before the start) + bias."""
+    k = W.shape[0]
+    out = np.zeros(x.shape[:2] + (W.shape[2],)) + bias
+    for t in range(x.shape[1]):
+        for i in range(k):
+            s = t - (k - 1 - i) * dil
+            if s >= 0:
+                out[:, t] += x[:, s] @ W[i]
+    return out
+
+
+def ref_nextitnet_seq(p, items, pad_id, cfg):
+    p = np_(p)
+    mask = (items != pad_id)[..., None].astype(np.float64)
+    x = p["item_embed"]["embedding"][items] * mask
+    for i, d in enumerate(cfg.dilations):
+        blk = p[f"block_{i}"]
+        h = x
+        for j, dil in enumerate((d, 2 * d)):
+            h = ref_causal_conv(h, blk[f"conv{j + 1}"]["kernel"], blk[f"conv{j + 1}"]["bias"], dil)
+            h = np.maximum(np_ln(h, blk[f"ln{j + 1}"], cfg.ln_eps), 0)
+        x = (x + h) * mask
+    return x
+
+
+def _softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def ref_sasrec_seq(p, items, pad_id, cfg):
+    """kang205/SQN TF1 SASRec, including the reference's "sums to zero" key/query masks."""
+    p = np_(p)
+    Hn, D = cfg.num_heads, cfg.embed_dim
+    dh = D // Hn
+    mask = (items != pad_id)[..., None].astype(np.float64)
+    x = (p["item_embed"]["embedding"][items] + p["pos_embed"][None]) * mask
+    tril = np.tril(np.ones((L, L)))
+    for i in range(cfg.num_blocks):
+        blk = p[f"block_{i}"]
+        a = blk["attention"]
+        q_in = np_ln(x, blk["ln_attn"], cfg.ln_eps)
+        Q = q_in @ a["query"]["kernel"] + a["query"]["bias"]
+        K = x @ a["key"]["kernel"] + a["key"]["bias"]
+        V = x @ a["value"]["kernel"] + a["value"]["bias"]
+        key_ok = np.sign(np.abs(x.sum(-1)))            # keys whose vector sums to 0 -> pad
+        query_ok = np.sign(np.abs(q_in.sum(-1)))
+        outs = []
+        for h in range(Hn):
+            sl = slice(h * dh, (h + 1) * dh)
+            z = Q[..., sl] @ np.swapaxes(K[..., sl], 1, 2) / np.sqrt(dh)
+            z = np.where(key_ok[:, None, :] == 0, REFERENCE_MASK_VALUE, z)
+            z = np.where(tril[None] == 0, REFERENCE_MASK_VALUE, z)
+            w = _softmax(z) * query_ok[:, :, None]
+            outs.append(w @ V[..., sl])
+        h_out = np.concatenate(outs, -1) + q_in
+        f = np_ln(h_out, blk["ln_ffn"], cfg.ln_eps)
+        ff = blk["ffn"]
+        inner = np.maximum(f @ ff["inner"]["kernel"] + ff["inner"]["bias"], 0)
+        x = (inner @ ff["outer"]["kernel"] + ff["outer"]["bias"] + f) * mask
+    return np_ln(x, p["final_ln"], cfg.ln_eps)
+
+
+def ref_post_ln_seq(p, items, pad_id, cfg):
+    """IISAN's post-LN user encoder with its additive -1e9 causal+padding mask."""
+    p = np_(p)
+    Hn, D = cfg.num_heads, cfg.embed_dim
+    dh = D // Hn
+    valid = items != pad_id
+    x = p["item_embed"]["embedding"][items] * valid[..., None] + p["pos_embed"][None]
+    x = np_ln(x, p["input_ln"], cfg.ln_eps)
+    allowed = valid[:, None, :] & (np.tril(np.ones((L, L))) > 0)[None]
+    additive = np.where(allowed, 0.0, -1e9)
+    for i in range(cfg.num_blocks):
+        blk = p[f"block_{i}"]
+        a = blk["attention"]
+        Q, K, V = (x @ a[n]["kernel"] for n in ("query", "key", "value"))
+        heads = []
+        for h in range(Hn):
+            sl = slice(h * dh, (h + 1) * dh)
+            z = Q[..., sl] @ np.swapaxes(K[..., sl], 1, 2) / np.sqrt(dh) + additive
+            heads.append(_softmax(z) @ V[..., sl])
+        x = np_ln(x + np.concatenate(heads, -1) @ a["out"]["kernel"], blk["ln_attn"], cfg.ln_eps)
+        ff = blk["ffn"]
+        f = np.maximum(x @ ff["inner"]["kernel"] + ff["inner"]["bias"], 0)
+        x = np_ln(x + f @ ff["outer"]["kernel"] + ff["outer"]["bias"], blk["ln_ffn"], cfg.ln_eps)
+    return x
+
+
+def read_np(seq, lengths, padding):
+    idx = lengths - 1 if padding == "right" else np.full(len(lengths), L - 1)
+    return seq[np.arange(len(seq)), idx]
+
+
+POST_LN = dict(norm_style="post_ln", num_blocks=2, num_heads=2, ffn_dim=256, ln_eps=1e-6)
+
+
+# ----------------------------------------------------------------------- tests
+@pytest.mark.parametrize("padding", ["right", "left"])
+@pytest.mark.parametrize("name,dim", [("gru4rec", 64), ("caser", 112), ("nextitnet", 64),
+                                      ("sasrec", 64)])
+def test_shapes_and_state_dim(name, dim, padding):
+    model, params, state_fn, seq_fn = build(name, padding)
+    items, lengths = make_batch(HISTORIES, padding)
+    assert model.state_dim == dim
+    s = state_fn(params, items, lengths)
+    chex.assert_shape(s, (B, dim))
+    chex.assert_tree_all_finite(s)
+    # lengths=None derives the same lengths from the pad mask.
+    np.testing.assert_array_equal(np.asarray(state_fn(params, items, None)), np.asarray(s))
+    if name in CAUSAL:
+        chex.assert_shape(seq_fn(params, items, lengths), (B, L, 64))
+    else:
+        assert not hasattr(model, "sequence")
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_gru_matches_tf_grucell_reference(padding):
+    model, params, state_fn, seq_fn = build("gru4rec", padding)
+    items, lengths = make_batch(HISTORIES, padding)
+    got = np.asarray(state_fn(params, items, lengths))
+    np.testing.assert_allclose(got, ref_gru(params, items, lengths, padding), atol=1e-5)
+    # The last taken step of sequence() is the state; steps not taken output zeros.
+    seq = np.asarray(seq_fn(params, items, lengths))
+    np.testing.assert_allclose(read_np(seq, np.maximum(lengths, 1), padding)[lengths > 0],
+                               got[lengths > 0], atol=1e-6)
+    if padding == "right":
+        assert np.all(seq[0, 1:] == 0) and np.all(seq[2, 4:] == 0)
+    else:
+        assert np.all(seq[0] == 0) and np.all(got[0] == 0)   # empty left history: h0 = 0
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_caser_matches_reference(padding):
+    model, params, state_fn, _ = build("caser", padding)
+    items, lengths = make_batch(HISTORIES, padding)
+    np.testing.assert_allclose(np.asarray(state_fn(params, items, lengths)),
+                               ref_caser(params, items, model.pad_id, model.cfg), atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_nextitnet_matches_reference(padding):
+    model, params, state_fn, seq_fn = build("nextitnet", padding)
+    items, lengths = make_batch(HISTORIES, padding)
+    ref = ref_nextitnet_seq(params, items, model.pad_id, model.cfg)
+    np.testing.assert_allclose(np.asarray(seq_fn(params, items, lengths)), ref, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(state_fn(params, items, lengths)),
+                               read_np(ref, lengths, padding), atol=1e-4)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_sasrec_reference_style_matches_tf_reference(padding):
+    model, params, state_fn, seq_fn = build("sasrec", padding, num_heads=2)
+    items, lengths = make_batch(HISTORIES, padding)
+    ref = ref_sasrec_seq(params, items, model.pad_id, model.cfg)
+    np.testing.assert_allclose(np.asarray(seq_fn(params, items, lengths)), ref, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(state_fn(params, items, lengths)),
+                               read_np(ref, lengths, padding), atol=1e-4)
+
+
+def test_sasrec_post_ln_matches_iisan_reference():
+    model, params, state_fn, seq_fn = build("sasrec", "left", **POST_LN)
+    items, lengths = make_batch(HISTORIES, "left")
+    ref = ref_post_ln_seq(params, items, 0, model.cfg)
+    valid = items != 0
+    # Real positions agree; pad rows differ by design (IISAN's fully masked rows average
+    # over every key, jaxrec zeroes their attention).
+    np.testing.assert_allclose(np.asarray(seq_fn(params, items, lengths))[valid], ref[valid],
+                               atol=1e-4)
+    has = lengths > 0
+    np.testing.assert_allclose(np.asarray(state_fn(params, items, lengths))[has],
+                               ref[has, L - 1], atol=1e-4)
+
+
+def _pad_row(model):
+    return model.pad_id
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+@pytest.mark.parametrize("name", ["caser", "nextitnet", "sasrec", "gru4rec"])
+def test_pad_row_never_changes_masked_states(name, padding):
+    model, params, state_fn, _ = build(name, padding)
+    items, lengths = make_batch(HISTORIES, padding)
+    table = params["item_embed"]["embedding"]
+    moved = dict(params, item_embed={"embedding": table.at[model.pad_id].add(5.0)})
+    before = np.asarray(state_fn(params, items, lengths))
+    after = np.asarray(state_fn(moved, items, lengths))
+    if name == "gru4rec" and padding == "right":
+        # The reference's GRU consumes the pad row for the empty history (len = 1) ...
+        assert np.abs(after[0] - before[0]).max() > 1e-3
+        np.testing.assert_allclose(after[0], ref_gru(moved, items, lengths, padding)[0],
+                                   atol=1e-5)
+        # ... and nowhere else.
+        np.testing.assert_array_equal(after[1:], before[1:])
+    else:
+        np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_right_padding_ignores_ids_after_len(name):
+    """Causal encoders read position len-1, so whatever follows it cannot matter."""
+    model, params, state_fn, _ = build(name, "right")
+    items, lengths = make_batch(HISTORIES, "right")
+    garbage = np.where(np.arange(L)[None] >= lengths[:, None], (np.arange(L) * 7) % N, items)
+    garbage[0] = items[0]            # the empty history's len=1 position is the pad itself
+    np.testing.assert_allclose(np.asarray(state_fn(params, garbage.astype(np.int32), lengths)),
+                               np.asarray(state_fn(params, items, lengths)), atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+@pytest.mark.parametrize("name,extra", [("gru4rec", ()), ("nextitnet", ()), ("sasrec", ()),
+                                        ("sasrec", tuple(POST_LN.items()))])
+def test_sequence_is_causal(name, extra, padding):
+    model, params, _, seq_fn = build(name, padding, **dict(extra))
+    items, lengths = make_batch([list(range(10, 20))] * 2 + [list(range(1, 9))] * 2, padding)
+    t = 5                            # real in every row: right 0..len-1, left L-len..L-1
+    changed = items.copy()
+    changed[1::2, t] = (items[1::2, t] + 11) % N + (1 if padding == "left" else 0)
+    before = np.asarray(seq_fn(params, items, lengths))
+    after = np.asarray(seq_fn(params, changed, lengths))
+    np.testing.assert_array_equal(after[:, :t], before[:, :t])        # earlier: untouched
+    np.testing.assert_array_equal(after[0::2], before[0::2])          # unchanged rows
+    assert np.abs(after[1::2, t] - before[1::2, t]).max(-1).min() > 0  # the edit is seen
+
+
+def test_gru_state_is_the_same_for_both_paddings():
+    model_r, params, state_r, _ = build("gru4rec", "right")
+    model_l = ENCODERS["gru4rec"](N, EncoderConfig(padding="left"))
+    # Same parameters: move the pad row from the end (right) to the front (left).
+    table = params["item_embed"]["embedding"]
+    params_l = dict(params, item_embed={"embedding": jnp.roll(table, 1, axis=0)})
+    items_r, len_r = make_batch(HISTORIES, "right")
+    items_l, len_l = make_batch(HISTORIES, "left")
+    s_r = np.asarray(state_r(params, items_r, len_r))
+    s_l = np.asarray(model_l.apply({"params": params_l}, items_l, len_l))
+    np.testing.assert_allclose(s_l[1:], s_r[1:], atol=1e-6)   # non-empty histories
+    np.testing.assert_allclose(model_l.apply({"params": params_l},
+                                             method=model_l.item_embeddings),
+                               table[:N], atol=0)
+
+
+# ---------------------------------------------------------- parameter counts
+def count(model, items, method=None, *args):
+    shapes = jax.eval_shape(
+        lambda k: model.init(k, items, *args, train=False, **({"method": method} if method
+                                                             else {})),
+        jax.random.key(0))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+
+
+def test_parameter_counts_at_paper_configs():
+    """RetailRocket: N = 70,852 items, d = 64, L = 10 (rl.md §1.5, §2)."""
+    n, d = 70_852, 64
+    items = jax.ShapeDtypeStruct((2, 10), jnp.int32)
+    lengths = jax.ShapeDtypeStruct((2,), jnp.int32)
+    emb = (n + 1) * d                                            # 4,534,592
+    gru = 3 * (d * d + d * d + d)                                # [x;h]->r,u and candidate
+    caser = (2 + 3 + 4) * d * 16 + 3 * 16 + 10 * 1 + 1           # 9,275
+    nextitnet = 6 * (2 * (3 * d * d + d) + 2 * 2 * d)            # 149,760
+    sasrec = (10 * d                                             # positions
+              + 2 * d                                            # LN before attention
+              + 3 * (d * d + d)                                  # Q, K, V (biased)
+              + 2 * d                                            # LN before FFN
+              + 2 * (d * d + d)                                  # FFN 64->64->64
+              + 2 * d)                                           # final LN
+    expected = {"gru4rec": emb + gru, "caser": emb + caser,
+                "nextitnet": emb + nextitnet, "sasrec": emb + sasrec}
+    assert expected == {"gru4rec": 4_559_360, "caser": 4_543_867,
+                        "nextitnet": 4_684_352, "sasrec": 4_556_416}
+    for name, want in expected.items():
+        assert count(make_encoder(name, EncoderConfig(), num_items=n), items, None,
+                     lengths) == want, name
+
+
+def test_iisan_user_encoder_count_closes_the_papers_total():
+    """IISAN (iisan.md §1.12): 4,113,877 trainable = SANBs + Linears + heads + fusion +
+    gates + the user encoder. The item vectors come from the tower, so the encoder is
+    initialised through sequence_from_embeddings and owns no item table."""
+    d = 64
+    cfg = EncoderConfig(padding="left", **POST_LN)
+    model = make_encoder("sasrec", cfg, num_items=20_314)
+    x = jax.ShapeDtypeStruct((2, 10, d), jnp.float32)
+    valid = jax.ShapeDtypeStruct((2, 10), jnp.bool_)
+    got = count(model, x, "sequence_from_embeddings", valid)
+    encoder = (10 * d + 2 * d                                    # positions, input LN
+               + 2 * (4 * d * d                                  # Q, K, V, O, no bias
+                      + (d * 256 + 256) + (256 * d + d)          # FFN 64->256->64
+                      + 2 * 2 * d))                              # two LNs
+    rest = (21 * (768 * 64 + 64 + 64 * 768 + 768)                # SANBs
+            + 3 * (768 * 768 + 768) + 3 * (768 * 64 + 64)        # Linears, heads
+            + (192 * 64 + 64) + 21)                              # fusion, gates
+    assert got == encoder == 4_113_877 - rest == 100_224
+
+
+def test_pcrec_sasrec_variant_count():
+    """PCRec's SASRec (intent_pcrec.md §2.5): d=256, 2 blocks, 1 head, max_len 100,
+    biased Q/K/V without output projection, post-LN, no input LN."""
+    d, n = 256, 1000
+    cfg = EncoderConfig(embed_dim=d, state_len=100, padding="left", norm_style="post_ln",
+                        num_blocks=2, num_heads=1, ffn_dim=d, dropout=0.0, ln_eps=1e-5,
+                        attn_bias=True, attn_out_proj=False, input_ln=False)
+    got = count(make_encoder("sasrec", cfg, num_items=n),
+                jax.ShapeDtypeStruct((2, 100), jnp.int32), None,
+                jax.ShapeDtypeStruct((2,), jnp.int32))
+    want = (n + 1) * d + 100 * d + 2 * (3 * (d * d + d) + 2 * d + 2 * (d * d + d) + 2 * d)
+    assert got == want == 942_464
+
+
+# ----------------------------------------------------------------- dropout
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_sasrec_dropout_only_in_training(padding):
+    model, params, state_fn, _ = build("sasrec", padding)      # reference rate 0.1
+    items, lengths = make_batch(HISTORIES, padding)
+    ev1 = np.asarray(state_fn(params, items, lengths, False, jax.random.key(1)))
+    ev2 = np.asarray(state_fn(params, items, lengths, False, jax.random.key(2)))
+    np.testing.assert_array_equal(ev1, ev2)
+    np.testing.assert_array_equal(ev1, np.asarray(state_fn(params, items, lengths)))
+    tr1 = np.asarray(state_fn(params, items, lengths, True, jax.random.key(1)))
+    tr1b = np.asarray(state_fn(params, items, lengths, True, jax.random.key(1)))
+    tr2 = np.asarray(state_fn(params, items, lengths, True, jax.random.key(2)))
+    np.testing.assert_array_equal(tr1, tr1b)                    # same key, same mask
+    assert np.abs(tr1 - tr2).max() > 1e-3 and np.abs(tr1 - ev1).max() > 1e-3
+
+
+def test_caser_dropout_rate_and_scaling():
+    items, lengths = make_batch(HISTORIES, "right")
+    # Default (SQN/SAC): no dropout, train == eval.
+    _, params, fn0, _ = build("caser", "right")
+    np.testing.assert_array_equal(np.asarray(fn0(params, items, lengths, True, jax.random.key(3))),
+                                  np.asarray(fn0(params, items, lengths)))
+    # SA2C: rate 0.1 on the 112-d state; kept entries are scaled by 1/0.9.
+    _, params, fn, _ = build("caser", "right", dropout=0.1)
+    ev = np.asarray(fn(params, items, lengths))
+    tr = np.asarray(fn(params, items, lengths, True, jax.random.key(3)))
+    kept = tr != 0
+    np.testing.assert_allclose(tr[kept], ev[kept] / 0.9, rtol=1e-5)
+    dropped = (~kept) & (ev != 0)
+    assert 0 < dropped.sum() < 0.3 * (ev != 0).sum()
+
+
+# ------------------------------------------------------------ config / errors
+def test_config_from_configdict_and_make_encoder():
+    cd = ConfigDict({"num_items": N, "embed_dim": 32, "filter_heights": [2, 3],
+                     "padding": "left", "dropout": 0.1})
+    model = make_encoder("caser", cd)
+    assert model.num_items == N and model.cfg.filter_heights == (2, 3)
+    assert model.state_dim == 16 * 2 + 32 and model.pad_id == 0
+    assert hash(model.cfg) == hash(EncoderConfig.from_dict(model.cfg.to_dict()))
+    with pytest.raises(ValueError, match="filter_hieghts"):
+        EncoderConfig.from_dict({"filter_hieghts": (2,)})
+    with pytest.raises(ValueError, match="unknown encoder 'bert4rec'"):
+        make_encoder("bert4rec", EncoderConfig(), num_items=N)
+    with pytest.raises(ValueError, match="num_items is required"):
+        make_encoder("sasrec", {"embed_dim": 64})
+    with pytest.raises(ValueError, match="EncoderConfig.padding"):
+        EncoderConfig(padding="middle")
+    with pytest.raises(ValueError, match="num_heads"):
+        EncoderConfig(embed_dim=64, num_heads=3)
+
+
+def test_bad_inputs_raise_naming_the_tensor():
+    items, lengths = make_batch(HISTORIES, "right")
+    with pytest.raises(ValueError, match="pad_id=0 does not match padding='right'"):
+        ENCODERS["sasrec"](N, EncoderConfig(pad_id=0)).init(jax.random.key(0), items, lengths)
+    model, params, _, _ = build("sasrec", "right")
+    bad = items.copy()
+    bad[0, 0] = N + 1
+    with pytest.raises(ValueError, match="items ids must be in"):
+        model.apply({"params": params}, bad, lengths)
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        model.apply({"params": params}, items, lengths[:2])
+    caser, cparams, _, _ = build("caser", "right")
+    with pytest.raises(ValueError, match="state_len"):
+        caser.apply({"params": cparams}, items[:, :8], lengths)
