@@ -30,6 +30,7 @@ setup(
         "grain==0.2.18",
         "pillow",
         "tqdm",
+        "pyarrow",  # vectorised raw-file parsing in the readers
         "importlib_resources",  # tensorflow-datasets imports it when building datasets
         "numpy",
     ],

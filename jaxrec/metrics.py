@@ -36,7 +36,8 @@ RL_GROUPS = ("click", "purchase")
 
 
 def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    """True for arrays whose values can be read now (not under jit tracing)."""
+    return isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer)
 
 
 def target_ranks(scores: jax.Array, targets: jax.Array,

@@ -178,6 +178,11 @@ def from_raw(session_raw, item_raw, timestamp, is_buy, *, name: str, rating=None
     else:
         i_uniques = np.asarray(item_uniques)
         i_codes = np.searchsorted(i_uniques, item_raw).astype(np.int32)
+        found = (i_codes < len(i_uniques)) & (
+            i_uniques[np.minimum(i_codes, len(i_uniques) - 1)] == item_raw)
+        if not found.all():
+            raise ValueError(f"{name}: {int((~found).sum())} events have item ids missing "
+                             f"from item_uniques, e.g. {item_raw[~found][:3].tolist()}")
     order = np.lexsort((timestamp, s_codes))  # stable: primary session, then time
     gt = {k: np.asarray(v)[order] for k, v in (ground_truth or {}).items()}
     feats = {k: np.asarray(v)[order] for k, v in (features or {}).items()}

@@ -216,7 +216,8 @@ class EncoderConfig:
 
 # ------------------------------------------------------------------ input handling
 def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    """True for arrays whose values can be read now (not under jit/eval_shape tracing)."""
+    return isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer)
 
 
 def check_items(items, lengths, num_items: int, cfg: EncoderConfig, encoder: str,

@@ -64,3 +64,53 @@ def write_checkpoint(ckpt_dir, tensors: dict, config: dict, shards: int = 1, ext
     for fname, content in (extra_files or {}).items():
         (ckpt_dir / fname).write_text(content)
     return ckpt_dir
+
+
+# ---- float64 NumPy building blocks for independent references of the PEFT variants ----
+
+
+def np_layer_norm(x, p, eps):
+    """LayerNorm over the last axis with our ``{scale, bias}`` params."""
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def np_dense(x, p, alpha=1.0):
+    """``x @ kernel + bias`` plus the LoRA term ``(alpha / r) (x A) B`` when the params have it."""
+    y = x @ p["kernel"]
+    if "bias" in p:
+        y = y + p["bias"]
+    if "lora_a" in p:
+        y = y + (alpha / p["lora_a"].shape[1]) * (x @ p["lora_a"]) @ p["lora_b"]
+    return y
+
+
+def np_gelu(x):
+    """Exact (erf) GELU."""
+    from scipy.special import erf
+
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+def np_adapter(x, p):
+    """Houlsby adapter ``x + up(relu(down(x)))``."""
+    return x + np_dense(np.maximum(np_dense(x, p["down"]), 0.0), p["up"])
+
+
+def np_attention(x, lp, num_heads, alpha, mask=None):
+    """Multi-head self-attention with our ``query/key/value/attn_out`` params; x ``[B, T, D]``."""
+    b, t, d = x.shape
+    dh = d // num_heads
+    split = lambda y: y.reshape(b, t, num_heads, dh).transpose(0, 2, 1, 3)
+    q, k, v = (split(np_dense(x, lp[n], alpha)) for n in ("query", "key", "value"))
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh)
+    if mask is not None:
+        s = s + np.where(mask[:, None, None, :] > 0, 0.0, -1e30)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a = (a / a.sum(-1, keepdims=True)) @ v
+    return np_dense(a.transpose(0, 2, 1, 3).reshape(b, t, d), lp["attn_out"], alpha)
+
+
+def to_float64(tree):
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)

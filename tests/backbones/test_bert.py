@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import math
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,17 @@ from transformers import RobertaConfig as HFRobertaConfig
 from jaxrec.backbones.bert import BertConfig, BertEncoder, load_bert
 from jaxrec.backbones.preprocess import load_tokenizer, tokenize
 from jaxrec.peft.lora import merge_lora_kernel
-from tests.backbones import flax_to_torch_tensors, perturb, write_checkpoint
+from tests.backbones import (
+    flax_to_torch_tensors,
+    np_adapter,
+    np_attention,
+    np_dense,
+    np_gelu,
+    np_layer_norm,
+    perturb,
+    to_float64,
+    write_checkpoint,
+)
 
 # Odd sizes (F = 37, T = 7) so that a transposed or mis-split tensor cannot go unnoticed.
 HF_CFG = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -53,7 +62,9 @@ def bert(tmp_path_factory):
 def test_matches_flax_bert_all_hidden_states(bert):
     ref, ref_params, _, cfg, params, apply = bert
     ids, mask, types = _inputs(HF_CFG["vocab_size"])
-    want = ref(ids, attention_mask=mask, token_type_ids=types, params=ref_params, output_hidden_states=True)
+    # jit the reference too: op-by-op dispatch of the HF model is slower than one compile
+    ref_fn = jax.jit(lambda p, i, m, t: ref(i, attention_mask=m, token_type_ids=t, params=p, output_hidden_states=True))
+    want = ref_fn(ref_params, ids, mask, types)
     got = apply({"params": params}, ids, mask, types)
     assert len(got.hidden_states) == cfg.num_layers + 1 == 3
     for i, (w, g) in enumerate(zip(want.hidden_states, got.hidden_states)):
@@ -98,49 +109,26 @@ def test_roberta_positions_match_flax_roberta(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-def _layer_norm(x, p, eps):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * p["scale"] + p["bias"]
-
-
-def _dense(x, p, alpha=1.0):
-    y = x @ p["kernel"] + p["bias"]
-    if "lora_a" in p:
-        y = y + (alpha / p["lora_a"].shape[1]) * (x @ p["lora_a"]) @ p["lora_b"]
-    return y
-
-
-def _gelu(x):
-    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
-
-
 def numpy_bert(params, cfg: BertConfig, ids, mask, types):
     """Float64 NumPy BERT (post-LN, Devlin et al. §3) over our parameter tree, with LoRA and
     Houlsby adapters placed as IISAN spec §1.12 says (after the output dense, before
     residual + LayerNorm). Returns the list of L + 1 hidden states."""
-    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+    p = to_float64(params)
     e = p["embeddings"]
     x = (e["word_embeddings"]["embedding"][ids] + e["position_embeddings"]["embedding"][np.arange(ids.shape[1])]
          + e["token_type_embeddings"]["embedding"][types])
-    x = _layer_norm(x, e["layer_norm"], cfg.layer_norm_eps)
+    x = np_layer_norm(x, e["layer_norm"], cfg.layer_norm_eps)
     hs = [x]
-    h_, dh = cfg.num_heads, cfg.hidden_size // cfg.num_heads
     for i in range(cfg.num_layers):
         lp = p[f"layer_{i}"]
-        split = lambda t: t.reshape(t.shape[0], t.shape[1], h_, dh).transpose(0, 2, 1, 3)
-        q, k, v = (split(_dense(x, lp[n], cfg.lora_alpha)) for n in ("query", "key", "value"))
-        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(dh) + np.where(mask[:, None, None, :] > 0, 0.0, -1e30)
-        a = np.exp(s - s.max(-1, keepdims=True))
-        a = (a / a.sum(-1, keepdims=True)) @ v
-        a = _dense(a.transpose(0, 2, 1, 3).reshape(x.shape), lp["attn_out"], cfg.lora_alpha)
+        a = np_attention(x, lp, cfg.num_heads, cfg.lora_alpha, mask)
         if "adapter_attn" in lp:
-            a = a + _dense(np.maximum(_dense(a, lp["adapter_attn"]["down"]), 0), lp["adapter_attn"]["up"])
-        x = _layer_norm(x + a, lp["attn_norm"], cfg.layer_norm_eps)
-        f = _dense(_gelu(_dense(x, lp["ffn_in"], cfg.lora_alpha)), lp["ffn_out"], cfg.lora_alpha)
+            a = np_adapter(a, lp["adapter_attn"])
+        x = np_layer_norm(x + a, lp["attn_norm"], cfg.layer_norm_eps)
+        f = np_dense(np_gelu(np_dense(x, lp["ffn_in"], cfg.lora_alpha)), lp["ffn_out"], cfg.lora_alpha)
         if "adapter_ffn" in lp:
-            f = f + _dense(np.maximum(_dense(f, lp["adapter_ffn"]["down"]), 0), lp["adapter_ffn"]["up"])
-        x = _layer_norm(x + f, lp["ffn_norm"], cfg.layer_norm_eps)
+            f = np_adapter(f, lp["adapter_ffn"])
+        x = np_layer_norm(x + f, lp["ffn_norm"], cfg.layer_norm_eps)
         hs.append(x)
     return hs
 
@@ -325,8 +313,8 @@ def test_minilm_config_and_tokenizer(minilm):
 def test_minilm_matches_flax_bert_from_pt(minilm):
     d, cfg, _, batch, out = minilm
     ref = FlaxBertModel.from_pretrained(str(d), from_pt=True)  # reads the safetensors without torch
-    want = ref(batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"],
-               output_hidden_states=True)
+    want = jax.jit(lambda p, i, m, t: ref(i, attention_mask=m, token_type_ids=t, params=p, output_hidden_states=True))(
+        ref.params, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     assert len(out.hidden_states) == 7
     for i, (w, g) in enumerate(zip(want.hidden_states, out.hidden_states)):
         np.testing.assert_allclose(g, w, atol=1e-4, rtol=0, err_msg=f"hidden_states[{i}]")

@@ -44,10 +44,9 @@ def make_batch(histories, padding):
 
 def perturb(params, seed, scale=0.3):
     """Adds N(0, scale^2) noise to every leaf so no parameter keeps its special init."""
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype)
-                                        for x, k in zip(leaves, keys)])
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: jnp.asarray(
+        np.asarray(x) + scale * rng.standard_normal(x.shape).astype(np.float32)), params)
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,7 +55,8 @@ def build(name, padding="right", **overrides):
     cfg = EncoderConfig(padding=padding, **overrides)
     model = ENCODERS[name](N, cfg)
     items, lengths = make_batch(HISTORIES, padding)
-    params = model.init(jax.random.key(0), items, lengths, train=False)["params"]
+    init = jax.jit(functools.partial(model.init, train=False))
+    params = init(jax.random.key(0), items, lengths)["params"]
     params = perturb(params, seed=1)
 
     def state(p, items, lengths, train=False, rng=None):
@@ -363,10 +363,9 @@ def test_gru_state_is_the_same_for_both_paddings():
 
 # ---------------------------------------------------------- parameter counts
 def count(model, items, method=None, *args):
-    shapes = jax.eval_shape(
-        lambda k: model.init(k, items, *args, train=False, **({"method": method} if method
-                                                             else {})),
-        jax.random.key(0))
+    kw = {"method": method} if method else {}
+    shapes = jax.eval_shape(lambda k, *a: model.init(k, *a, train=False, **kw),
+                            jax.random.key(0), items, *args)
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
 
 

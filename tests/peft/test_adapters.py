@@ -43,6 +43,12 @@ def test_houlsby_init_near_identity_and_count():
     assert 0.002 < rel < 0.03, rel
 
 
+def test_houlsby_count_at_bert_width():
+    # IISAN spec §1.3: 768 -> 64 -> 768 has 99,136 parameters (2 * 768 * 64 + 64 + 768).
+    shapes = jax.eval_shape(HoulsbyAdapter(64).init, jax.random.key(0), jnp.zeros((1, 768)))
+    assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)) == 99_136
+
+
 def test_houlsby_rejects_bad_fields():
     with pytest.raises(ValueError, match="activation"):
         HoulsbyAdapter(4, activation="tanh").init(jax.random.key(0), jnp.zeros((1, 8)))
