@@ -169,7 +169,9 @@ def _make_builders(log_fn: Callable[[], tuple[EventLog, dict]], cfg_name: str, d
     """Creates the two builder instances. ``log_fn`` yields (log, split rows) lazily."""
     tfds = _tfds()
 
-    class JaxrecSessions(tfds.core.GeneratorBasedBuilder):
+    # skip_registration: these classes are made per call (they close over the data), so
+    # they must not enter the global TFDS registry, which forbids a second definition.
+    class JaxrecSessions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """One record per session of a normalised interaction log."""
 
         VERSION = tfds.core.Version(VERSION)
@@ -189,14 +191,16 @@ def _make_builders(log_fn: Callable[[], tuple[EventLog, dict]], cfg_name: str, d
         def _split_generators(self, dl_manager):
             log, rows = log_fn()
             bounds = log.session_bounds()
+            # TFDS cannot write an empty split (tiny datasets may have one); such a split
+            # is simply absent and loads as zero sessions.
             return {split: self._generate_examples(log, bounds, rows[split])
-                    for split in SPLITS}
+                    for split in SPLITS if len(rows[split])}
 
         def _generate_examples(self, log, bounds, rows):
             for s in rows:
                 yield int(s), _session_example(log, bounds, int(s))
 
-    class JaxrecItems(tfds.core.GeneratorBasedBuilder):
+    class JaxrecItems(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """One record per item: raw id, title, genres, category and optional image/extras."""
 
         VERSION = tfds.core.Version(VERSION)
@@ -395,7 +399,8 @@ def load(name: str, raw_dir: Optional[str] = None, data_dir: Optional[str] = Non
     sdir, idir = dataset_dirs(name, data_dir, options)
     sb, ssrc = _read_source(sdir)
     meta = dict(sb.info.metadata)
-    splits = {k: _sessions_from_records(_read_all(ssrc[k])) for k in SPLITS}
+    splits = {k: _sessions_from_records(_read_all(ssrc[k]) if k in ssrc else [])
+              for k in SPLITS}
     if not meta.get("has_rating", False):
         for s in splits.values():
             s.rating = None

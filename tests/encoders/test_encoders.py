@@ -49,26 +49,39 @@ def perturb(params, seed, scale=0.3):
         np.asarray(x) + scale * rng.standard_normal(x.shape).astype(np.float32)), params)
 
 
+def random_params(model, items, lengths, seed=1, scale=0.3):
+    """Parameters with the model's shapes and N(0, scale^2) values, made in NumPy.
+
+    Shapes come from jax.eval_shape (nothing compiled); random values (rather than the
+    initialisers' zeros/ones) make LN biases, gate biases and the pad row non-trivial.
+    Initial values themselves are checked in test_initial_values.
+    """
+    shapes = jax.eval_shape(lambda k, i, n: model.init(k, i, n, train=False),
+                            jax.random.key(0), items, lengths)["params"]
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: jnp.asarray(
+        scale * rng.standard_normal(x.shape).astype(np.float32)), shapes)
+
+
 @functools.lru_cache(maxsize=None)
 def build(name, padding="right", **overrides):
-    """(model, perturbed params, jitted state fn, jitted sequence fn or None)."""
+    """(model, random params, jitted fn(params, items, lengths, train=False, rng=None)
+    -> (state [B, S], sequence [B, L, D] or None)), one compile per (config, train)."""
     cfg = EncoderConfig(padding=padding, **overrides)
     model = ENCODERS[name](N, cfg)
     items, lengths = make_batch(HISTORIES, padding)
-    init = jax.jit(functools.partial(model.init, train=False))
-    params = init(jax.random.key(0), items, lengths)["params"]
-    params = perturb(params, seed=1)
+    params = random_params(model, items, lengths)
+    has_seq = hasattr(model, "sequence")
 
-    def state(p, items, lengths, train=False, rng=None):
+    def run(p, items, lengths, train=False, rng=None):
         rngs = None if rng is None else {"dropout": rng}
-        return model.apply({"params": p}, items, lengths, train=train, rngs=rngs)
+        v = {"params": p}
+        state = model.apply(v, items, lengths, train=train, rngs=rngs)
+        seq = (model.apply(v, items, lengths, train=train, rngs=rngs, method="sequence")
+               if has_seq and not train else None)
+        return state, seq
 
-    state_fn = jax.jit(state, static_argnames="train")
-    seq_fn = None
-    if hasattr(model, "sequence"):
-        seq_fn = jax.jit(lambda p, items, lengths: model.apply(
-            {"params": p}, items, lengths, train=False, method="sequence"))
-    return model, params, state_fn, seq_fn
+    return model, params, jax.jit(run, static_argnames="train")
 
 
 def np_(tree):
@@ -218,34 +231,39 @@ POST_LN = dict(norm_style="post_ln", num_blocks=2, num_heads=2, ffn_dim=256, ln_
 
 
 # ----------------------------------------------------------------------- tests
+def states(fn, params, items, lengths, **kw):
+    return np.asarray(fn(params, items, lengths, **kw)[0])
+
+
 @pytest.mark.parametrize("padding", ["right", "left"])
 @pytest.mark.parametrize("name,dim", [("gru4rec", 64), ("caser", 112), ("nextitnet", 64),
                                       ("sasrec", 64)])
 def test_shapes_and_state_dim(name, dim, padding):
-    model, params, state_fn, seq_fn = build(name, padding)
+    model, params, fn = build(name, padding)
     items, lengths = make_batch(HISTORIES, padding)
     assert model.state_dim == dim
-    s = state_fn(params, items, lengths)
+    s, seq = fn(params, items, lengths)
     chex.assert_shape(s, (B, dim))
     chex.assert_tree_all_finite(s)
-    # lengths=None derives the same lengths from the pad mask.
-    np.testing.assert_array_equal(np.asarray(state_fn(params, items, None)), np.asarray(s))
     if name in CAUSAL:
-        chex.assert_shape(seq_fn(params, items, lengths), (B, L, 64))
+        chex.assert_shape(seq, (B, L, 64))
     else:
         assert not hasattr(model, "sequence")
+    # lengths=None derives the same lengths from the pad mask (eager apply, no jit).
+    np.testing.assert_allclose(np.asarray(model.apply({"params": params}, items, None)),
+                               np.asarray(s), atol=1e-6)
 
 
 @pytest.mark.parametrize("padding", ["right", "left"])
 def test_gru_matches_tf_grucell_reference(padding):
-    model, params, state_fn, seq_fn = build("gru4rec", padding)
+    model, params, fn = build("gru4rec", padding)
     items, lengths = make_batch(HISTORIES, padding)
-    got = np.asarray(state_fn(params, items, lengths))
+    got, seq = (np.asarray(a) for a in fn(params, items, lengths))
     np.testing.assert_allclose(got, ref_gru(params, items, lengths, padding), atol=1e-5)
-    # The last taken step of sequence() is the state; steps not taken output zeros.
-    seq = np.asarray(seq_fn(params, items, lengths))
-    np.testing.assert_allclose(read_np(seq, np.maximum(lengths, 1), padding)[lengths > 0],
-                               got[lengths > 0], atol=1e-6)
+    # The last step taken is the state; steps not taken output zeros (as dynamic_rnn).
+    has = lengths > 0
+    np.testing.assert_allclose(read_np(seq, np.maximum(lengths, 1), padding)[has], got[has],
+                               atol=1e-6)
     if padding == "right":
         assert np.all(seq[0, 1:] == 0) and np.all(seq[2, 4:] == 0)
     else:
@@ -254,59 +272,55 @@ def test_gru_matches_tf_grucell_reference(padding):
 
 @pytest.mark.parametrize("padding", ["right", "left"])
 def test_caser_matches_reference(padding):
-    model, params, state_fn, _ = build("caser", padding)
+    model, params, fn = build("caser", padding)
     items, lengths = make_batch(HISTORIES, padding)
-    np.testing.assert_allclose(np.asarray(state_fn(params, items, lengths)),
+    np.testing.assert_allclose(states(fn, params, items, lengths),
                                ref_caser(params, items, model.pad_id, model.cfg), atol=1e-5)
 
 
 @pytest.mark.parametrize("padding", ["right", "left"])
 def test_nextitnet_matches_reference(padding):
-    model, params, state_fn, seq_fn = build("nextitnet", padding)
+    model, params, fn = build("nextitnet", padding)
     items, lengths = make_batch(HISTORIES, padding)
     ref = ref_nextitnet_seq(params, items, model.pad_id, model.cfg)
-    np.testing.assert_allclose(np.asarray(seq_fn(params, items, lengths)), ref, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(state_fn(params, items, lengths)),
-                               read_np(ref, lengths, padding), atol=1e-4)
+    s, seq = fn(params, items, lengths)
+    np.testing.assert_allclose(np.asarray(seq), ref, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(s), read_np(ref, lengths, padding), atol=1e-4)
 
 
 @pytest.mark.parametrize("padding", ["right", "left"])
 def test_sasrec_reference_style_matches_tf_reference(padding):
-    model, params, state_fn, seq_fn = build("sasrec", padding, num_heads=2)
+    model, params, fn = build("sasrec", padding)
     items, lengths = make_batch(HISTORIES, padding)
     ref = ref_sasrec_seq(params, items, model.pad_id, model.cfg)
-    np.testing.assert_allclose(np.asarray(seq_fn(params, items, lengths)), ref, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(state_fn(params, items, lengths)),
-                               read_np(ref, lengths, padding), atol=1e-4)
+    s, seq = fn(params, items, lengths)
+    np.testing.assert_allclose(np.asarray(seq), ref, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(s), read_np(ref, lengths, padding), atol=1e-4)
 
 
 def test_sasrec_post_ln_matches_iisan_reference():
-    model, params, state_fn, seq_fn = build("sasrec", "left", **POST_LN)
+    """Two blocks, two heads (exercises the head split), left padding."""
+    model, params, fn = build("sasrec", "left", **POST_LN)
     items, lengths = make_batch(HISTORIES, "left")
     ref = ref_post_ln_seq(params, items, 0, model.cfg)
+    s, seq = (np.asarray(a) for a in fn(params, items, lengths))
     valid = items != 0
     # Real positions agree; pad rows differ by design (IISAN's fully masked rows average
     # over every key, jaxrec zeroes their attention).
-    np.testing.assert_allclose(np.asarray(seq_fn(params, items, lengths))[valid], ref[valid],
-                               atol=1e-4)
+    np.testing.assert_allclose(seq[valid], ref[valid], atol=1e-4)
     has = lengths > 0
-    np.testing.assert_allclose(np.asarray(state_fn(params, items, lengths))[has],
-                               ref[has, L - 1], atol=1e-4)
-
-
-def _pad_row(model):
-    return model.pad_id
+    np.testing.assert_allclose(s[has], ref[has, L - 1], atol=1e-4)
 
 
 @pytest.mark.parametrize("padding", ["right", "left"])
 @pytest.mark.parametrize("name", ["caser", "nextitnet", "sasrec", "gru4rec"])
 def test_pad_row_never_changes_masked_states(name, padding):
-    model, params, state_fn, _ = build(name, padding)
+    model, params, fn = build(name, padding)
     items, lengths = make_batch(HISTORIES, padding)
     table = params["item_embed"]["embedding"]
     moved = dict(params, item_embed={"embedding": table.at[model.pad_id].add(5.0)})
-    before = np.asarray(state_fn(params, items, lengths))
-    after = np.asarray(state_fn(moved, items, lengths))
+    before = states(fn, params, items, lengths)
+    after = states(fn, moved, items, lengths)
     if name == "gru4rec" and padding == "right":
         # The reference's GRU consumes the pad row for the empty history (len = 1) ...
         assert np.abs(after[0] - before[0]).max() > 1e-3
@@ -321,44 +335,75 @@ def test_pad_row_never_changes_masked_states(name, padding):
 @pytest.mark.parametrize("name", CAUSAL)
 def test_right_padding_ignores_ids_after_len(name):
     """Causal encoders read position len-1, so whatever follows it cannot matter."""
-    model, params, state_fn, _ = build(name, "right")
+    model, params, fn = build(name, "right")
     items, lengths = make_batch(HISTORIES, "right")
     garbage = np.where(np.arange(L)[None] >= lengths[:, None], (np.arange(L) * 7) % N, items)
     garbage[0] = items[0]            # the empty history's len=1 position is the pad itself
-    np.testing.assert_allclose(np.asarray(state_fn(params, garbage.astype(np.int32), lengths)),
-                               np.asarray(state_fn(params, items, lengths)), atol=1e-6)
+    assert (garbage != items).sum() > 20
+    np.testing.assert_allclose(states(fn, params, garbage.astype(np.int32), lengths),
+                               states(fn, params, items, lengths), atol=1e-6)
 
 
-@pytest.mark.parametrize("padding", ["right", "left"])
-@pytest.mark.parametrize("name,extra", [("gru4rec", ()), ("nextitnet", ()), ("sasrec", ()),
-                                        ("sasrec", tuple(POST_LN.items()))])
-def test_sequence_is_causal(name, extra, padding):
-    model, params, _, seq_fn = build(name, padding, **dict(extra))
-    items, lengths = make_batch([list(range(10, 20))] * 2 + [list(range(1, 9))] * 2, padding)
-    t = 5                            # real in every row: right 0..len-1, left L-len..L-1
+@pytest.mark.parametrize("name,padding,extra", [
+    ("gru4rec", "right", ()), ("gru4rec", "left", ()),
+    ("nextitnet", "right", ()), ("nextitnet", "left", ()),
+    ("sasrec", "right", ()), ("sasrec", "left", ()),
+    ("sasrec", "left", tuple(POST_LN.items()))])
+def test_sequence_is_causal(name, padding, extra):
+    model, params, fn = build(name, padding, **dict(extra))
+    # Rows 0/1 and 2/3 are pairs (lengths 10 and 8) that differ only at position t.
+    hist = [list(range(10, 20))] * 2 + [list(range(1, 9))] * 2 + HISTORIES[:2]
+    items, lengths = make_batch(hist, padding)
+    t = 5                            # real in rows 0-3: right 0..len-1, left L-len..L-1
     changed = items.copy()
-    changed[1::2, t] = (items[1::2, t] + 11) % N + (1 if padding == "left" else 0)
-    before = np.asarray(seq_fn(params, items, lengths))
-    after = np.asarray(seq_fn(params, changed, lengths))
+    changed[[1, 3], t] = (items[[1, 3], t] + 11) % (N + 1) + (padding == "left")
+    before = np.asarray(fn(params, items, lengths)[1])
+    after = np.asarray(fn(params, changed, lengths)[1])
     np.testing.assert_array_equal(after[:, :t], before[:, :t])        # earlier: untouched
-    np.testing.assert_array_equal(after[0::2], before[0::2])          # unchanged rows
-    assert np.abs(after[1::2, t] - before[1::2, t]).max(-1).min() > 0  # the edit is seen
+    np.testing.assert_array_equal(after[[0, 2, 4, 5]], before[[0, 2, 4, 5]])
+    assert np.abs(after[[1, 3], t] - before[[1, 3], t]).max(-1).min() > 0   # edit is seen
 
 
 def test_gru_state_is_the_same_for_both_paddings():
-    model_r, params, state_r, _ = build("gru4rec", "right")
-    model_l = ENCODERS["gru4rec"](N, EncoderConfig(padding="left"))
+    _, params, fn_r = build("gru4rec", "right")
+    model_l, _, fn_l = build("gru4rec", "left")
     # Same parameters: move the pad row from the end (right) to the front (left).
     table = params["item_embed"]["embedding"]
     params_l = dict(params, item_embed={"embedding": jnp.roll(table, 1, axis=0)})
-    items_r, len_r = make_batch(HISTORIES, "right")
-    items_l, len_l = make_batch(HISTORIES, "left")
-    s_r = np.asarray(state_r(params, items_r, len_r))
-    s_l = np.asarray(model_l.apply({"params": params_l}, items_l, len_l))
+    s_r = states(fn_r, params, *make_batch(HISTORIES, "right"))
+    s_l = states(fn_l, params_l, *make_batch(HISTORIES, "left"))
     np.testing.assert_allclose(s_l[1:], s_r[1:], atol=1e-6)   # non-empty histories
-    np.testing.assert_allclose(model_l.apply({"params": params_l},
-                                             method=model_l.item_embeddings),
-                               table[:N], atol=0)
+    # item_embeddings() returns the real items in item order for either padding.
+    np.testing.assert_array_equal(
+        model_l.apply({"params": params_l}, method=model_l.item_embeddings), table[:N])
+
+
+def test_initial_values():
+    """Reference initialisers (rl.md §2; TF1 defaults): N(0, 0.01) tables, GRU gate bias 1,
+    Caser truncnormal(0.1)/bias 0.1, NextItNet truncnormal(0.02), Glorot-uniform dense."""
+    items, lengths = make_batch(HISTORIES, "right")
+    p = {}
+    for name in ENCODERS:
+        model = ENCODERS[name](N, EncoderConfig())
+        p[name] = np_(jax.jit(functools.partial(model.init, train=False))(
+            jax.random.key(0), items, lengths)["params"])
+        table = p[name]["item_embed"]["embedding"]
+        assert table.shape == (N + 1, 64) and 0.0085 < table.std() < 0.0115
+    g = p["gru4rec"]
+    assert np.all(g["gate_bias"] == 1.0) and np.all(g["candidate_bias"] == 0.0)
+    assert np.abs(g["gate_kernel"]).max() <= np.sqrt(6 / (128 + 128))
+    c = p["caser"]
+    for h in (2, 3, 4):
+        assert np.all(c[f"h_conv_{h}"]["bias"] == 0.1)
+        assert np.abs(c[f"h_conv_{h}"]["kernel"]).max() <= 0.2          # truncated at 2 sd
+    assert np.all(c["v_bias"] == 0.1) and np.abs(c["v_kernel"]).max() <= 0.2
+    blk = p["nextitnet"]["block_0"]
+    assert np.abs(blk["conv1"]["kernel"]).max() <= 0.04 and np.all(blk["conv2"]["bias"] == 0)
+    assert np.all(blk["ln1"]["scale"] == 1) and np.all(blk["ln1"]["bias"] == 0)
+    s = p["sasrec"]
+    assert 0.006 < s["pos_embed"].std() < 0.014
+    q = s["block_0"]["attention"]["query"]
+    assert np.abs(q["kernel"]).max() <= np.sqrt(6 / 128) and np.all(q["bias"] == 0)
 
 
 # ---------------------------------------------------------- parameter counts
@@ -424,35 +469,35 @@ def test_pcrec_sasrec_variant_count():
                 jax.ShapeDtypeStruct((2, 100), jnp.int32), None,
                 jax.ShapeDtypeStruct((2,), jnp.int32))
     want = (n + 1) * d + 100 * d + 2 * (3 * (d * d + d) + 2 * d + 2 * (d * d + d) + 2 * d)
-    assert got == want == 942_464
+    assert got == want == 941_824
 
 
 # ----------------------------------------------------------------- dropout
-@pytest.mark.parametrize("padding", ["right", "left"])
-def test_sasrec_dropout_only_in_training(padding):
-    model, params, state_fn, _ = build("sasrec", padding)      # reference rate 0.1
-    items, lengths = make_batch(HISTORIES, padding)
-    ev1 = np.asarray(state_fn(params, items, lengths, False, jax.random.key(1)))
-    ev2 = np.asarray(state_fn(params, items, lengths, False, jax.random.key(2)))
-    np.testing.assert_array_equal(ev1, ev2)
-    np.testing.assert_array_equal(ev1, np.asarray(state_fn(params, items, lengths)))
-    tr1 = np.asarray(state_fn(params, items, lengths, True, jax.random.key(1)))
-    tr1b = np.asarray(state_fn(params, items, lengths, True, jax.random.key(1)))
-    tr2 = np.asarray(state_fn(params, items, lengths, True, jax.random.key(2)))
+def test_sasrec_dropout_only_in_training():
+    _, params, fn = build("sasrec", "right")                     # reference rate 0.1
+    items, lengths = make_batch(HISTORIES, "right")
+    ev = states(fn, params, items, lengths)
+    # train=False ignores any dropout rng.
+    np.testing.assert_array_equal(
+        states(fn, params, items, lengths, train=False, rng=jax.random.key(2)), ev)
+    tr1 = states(fn, params, items, lengths, train=True, rng=jax.random.key(1))
+    tr1b = states(fn, params, items, lengths, train=True, rng=jax.random.key(1))
+    tr2 = states(fn, params, items, lengths, train=True, rng=jax.random.key(2))
     np.testing.assert_array_equal(tr1, tr1b)                    # same key, same mask
-    assert np.abs(tr1 - tr2).max() > 1e-3 and np.abs(tr1 - ev1).max() > 1e-3
+    assert np.abs(tr1 - tr2).max() > 1e-3 and np.abs(tr1 - ev).max() > 1e-3
 
 
 def test_caser_dropout_rate_and_scaling():
     items, lengths = make_batch(HISTORIES, "right")
     # Default (SQN/SAC): no dropout, train == eval.
-    _, params, fn0, _ = build("caser", "right")
-    np.testing.assert_array_equal(np.asarray(fn0(params, items, lengths, True, jax.random.key(3))),
-                                  np.asarray(fn0(params, items, lengths)))
+    _, params, fn0 = build("caser", "right")
+    np.testing.assert_array_equal(
+        states(fn0, params, items, lengths, train=True, rng=jax.random.key(3)),
+        states(fn0, params, items, lengths))
     # SA2C: rate 0.1 on the 112-d state; kept entries are scaled by 1/0.9.
-    _, params, fn, _ = build("caser", "right", dropout=0.1)
-    ev = np.asarray(fn(params, items, lengths))
-    tr = np.asarray(fn(params, items, lengths, True, jax.random.key(3)))
+    _, params, fn = build("caser", "right", dropout=0.1)
+    ev = states(fn, params, items, lengths)
+    tr = states(fn, params, items, lengths, train=True, rng=jax.random.key(3))
     kept = tr != 0
     np.testing.assert_allclose(tr[kept], ev[kept] / 0.9, rtol=1e-5)
     dropped = (~kept) & (ev != 0)
@@ -483,13 +528,13 @@ def test_bad_inputs_raise_naming_the_tensor():
     items, lengths = make_batch(HISTORIES, "right")
     with pytest.raises(ValueError, match="pad_id=0 does not match padding='right'"):
         ENCODERS["sasrec"](N, EncoderConfig(pad_id=0)).init(jax.random.key(0), items, lengths)
-    model, params, _, _ = build("sasrec", "right")
+    model, params, _ = build("sasrec", "right")
     bad = items.copy()
     bad[0, 0] = N + 1
     with pytest.raises(ValueError, match="items ids must be in"):
         model.apply({"params": params}, bad, lengths)
     with pytest.raises(ValueError, match="lengths must have shape"):
         model.apply({"params": params}, items, lengths[:2])
-    caser, cparams, _, _ = build("caser", "right")
+    caser, cparams, _ = build("caser", "right")
     with pytest.raises(ValueError, match="state_len"):
         caser.apply({"params": cparams}, items[:, :8], lengths)
