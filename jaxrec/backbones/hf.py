@@ -157,7 +157,9 @@ def read_config(ckpt_dir: str | os.PathLike) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}", ckpt_dir) from e
+        raise CheckpointError(
+            f"{str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}", ckpt_dir
+        ) from e
     if not isinstance(config, dict):
         raise CheckpointError(f"{str(path)!r} must hold a JSON object, found {type(config).__name__}", ckpt_dir)
     return config
@@ -213,7 +215,8 @@ def safetensors_names(ckpt_dir: str | os.PathLike) -> dict[str, tuple[tuple[int,
             for name in wanted:
                 if name not in keys:
                     raise CheckpointError(
-                        f"{SAFETENSORS_INDEX_FILE} places tensor {name!r} in {file.name!r}, but that file does not contain it",
+                        f"{SAFETENSORS_INDEX_FILE} places tensor {name!r} in {file.name!r}, "
+                        "but that file does not contain it",
                         ckpt_dir,
                     )
                 sl = f.get_slice(name)
@@ -249,7 +252,8 @@ def read_safetensors(ckpt_dir: str | os.PathLike, names: Iterable[str] | None = 
                     continue
                 if name not in keys:
                     raise CheckpointError(
-                        f"{SAFETENSORS_INDEX_FILE} places tensor {name!r} in {file.name!r}, but that file does not contain it",
+                        f"{SAFETENSORS_INDEX_FILE} places tensor {name!r} in {file.name!r}, "
+                        "but that file does not contain it",
                         ckpt_dir,
                     )
                 out[name] = f.get_tensor(name)

@@ -64,10 +64,13 @@ def make_net(config, heads=("s",)) -> RecNet:
                   heads=tuple(heads))
 
 
-def make_optimizer(optim) -> optax.GradientTransformation:
+def make_optimizer(optim, params=None) -> optax.GradientTransformation:
     """Adam (TF1 defaults in the papers) with optional global-norm clipping and weight decay.
 
-    ``optim`` fields: lr, b1 (0.9), b2 (0.999), eps (1e-8), weight_decay (0), clip_norm (0).
+    ``optim`` fields: lr, b1 (0.9), b2 (0.999), eps (1e-8), weight_decay (0), clip_norm (0),
+    and optionally ``trainable`` / ``frozen``: regexes over '/'-joined parameter paths.
+    When ``trainable`` is set, every other leaf is frozen by the optimizer
+    (:func:`jaxrec.peft.freeze.masked_optimizer`: zero updates and no optimizer state).
     """
     lr = float(optim.lr)
     if float(optim.get("weight_decay", 0.0)) > 0:
@@ -78,6 +81,13 @@ def make_optimizer(optim) -> optax.GradientTransformation:
                         eps=optim.get("eps", 1e-8))
     if float(optim.get("clip_norm", 0.0)) > 0:
         tx = optax.chain(optax.clip_by_global_norm(float(optim.clip_norm)), tx)
+    trainable = tuple(optim.get("trainable", ()) or ())
+    if trainable:
+        if params is None:
+            raise ValueError("config.optim.trainable is set but no parameters were given")
+        from jaxrec.peft import freeze
+        tx = freeze.masked_optimizer(tx, params, trainable,
+                                     tuple(optim.get("frozen", ()) or ()))
     return tx
 
 

@@ -81,7 +81,7 @@ def init(rng, example_batch, config) -> State:
     s, l = example_batch["state"], example_batch["len_state"]
     p1 = net.init({"params": k1, "dropout": k1}, s, l, train=False)
     p2 = net.init({"params": k2, "dropout": k2}, s, l, train=False)
-    tx = common.make_optimizer(config.optim)
+    tx = common.make_optimizer(config.optim, p1)
     rl = config.rl
     hp = Hyper(gamma=float(rl.gamma), r_click=float(rl.r_click), r_buy=float(rl.r_buy),
                rank_head=str(rl.get("rank_head", "s")))

@@ -40,7 +40,7 @@ def init(rng, example_batch, config) -> State:
     net = common.make_net(config, heads=("s",))
     items, lengths = _inputs(example_batch)
     params = net.init({"params": rng, "dropout": rng}, items, lengths, train=False)
-    tx = common.make_optimizer(config.optim)
+    tx = common.make_optimizer(config.optim, params)
     return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                  net=net, tx=tx, kind=config.data.kind)
 

@@ -394,9 +394,9 @@ def test_initial_values():
     assert np.abs(g["gate_kernel"]).max() <= np.sqrt(6 / (128 + 128))
     c = p["caser"]
     for h in (2, 3, 4):
-        assert np.all(c[f"h_conv_{h}"]["bias"] == 0.1)
+        assert np.all(c[f"h_conv_{h}"]["bias"] == np.float32(0.1))
         assert np.abs(c[f"h_conv_{h}"]["kernel"]).max() <= 0.2          # truncated at 2 sd
-    assert np.all(c["v_bias"] == 0.1) and np.abs(c["v_kernel"]).max() <= 0.2
+    assert np.all(c["v_bias"] == np.float32(0.1)) and np.abs(c["v_kernel"]).max() <= 0.2
     blk = p["nextitnet"]["block_0"]
     assert np.abs(blk["conv1"]["kernel"]).max() <= 0.04 and np.all(blk["conv2"]["bias"] == 0)
     assert np.all(blk["ln1"]["scale"] == 1) and np.all(blk["ln1"]["bias"] == 0)

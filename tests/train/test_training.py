@@ -168,3 +168,27 @@ def test_sasrec_beats_popularity_on_movielens_100k(unused, tmp_path):
     sas = results["supervised.py"]["test"]["all/ndcg@10"]
     assert pop > 0.005          # popularity is a real baseline, not noise
     assert sas > pop * 1.1, (sas, pop)
+
+
+def test_config_trainable_patterns_freeze_the_rest(tiny):
+    """config.optim.trainable turns into optimizer masks: only the head moves."""
+    from jaxrec.methods import supervised
+    config = get_config("supervised.py", "encoder=gru4rec,smoke")
+    config.optim.trainable = ("head_s/",)
+    task = build_task(config, tiny)
+    with config.unlocked():
+        config.data.num_items = task.num_items
+    src = BatchSource(task.train, 8, seed=0)
+    state = supervised.init(jax.random.key(0), src[0], config)
+    before = state.params
+    step = jax.jit(supervised.train_step)
+    for i in range(3):
+        state, _ = step(state, src[i], jax.random.key(i))
+    flat_b = jax.tree_util.tree_flatten_with_path(before)[0]
+    flat_a = jax.tree.leaves(state.params)
+    for (path, b), a in zip(flat_b, flat_a):
+        name = jax.tree_util.keystr(path)
+        if "head_s" in name:
+            assert float(jnp.abs(a - b).max()) > 0, name
+        else:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
