@@ -151,6 +151,7 @@ class BertConfig:
 
     @property
     def compute_dtype(self):
+        """The computation dtype as a ``jnp.dtype`` (activations; parameters stay float32)."""
         return jnp.dtype(self.dtype)
 
     @classmethod

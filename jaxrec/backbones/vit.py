@@ -114,6 +114,7 @@ class ViTConfig:
 
     @property
     def compute_dtype(self):
+        """The computation dtype as a ``jnp.dtype`` (activations; parameters stay float32)."""
         return jnp.dtype(self.dtype)
 
     @property
@@ -130,14 +131,17 @@ class ViTConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> "ViTConfig":
+        """ViT-tiny/16 (192 wide, 12 layers; WinKawaks/vit-tiny-patch16-224)."""
         return cls.preset("tiny", **overrides)
 
     @classmethod
     def base(cls, **overrides) -> "ViTConfig":
+        """ViT-B/16 (768 wide, 12 layers; google/vit-base-patch16-224)."""
         return cls.preset("base", **overrides)
 
     @classmethod
     def huge(cls, **overrides) -> "ViTConfig":
+        """ViT-H/14 (1280 wide, 32 layers; google/vit-huge-patch14-224-in21k)."""
         return cls.preset("huge", **overrides)
 
     @classmethod

@@ -155,7 +155,7 @@ def tiny():
     model = LlamaModel(TINY)
     ids = jax.random.randint(jax.random.key(0), (4, 8), 0, TINY.vocab_size)
     mask = jnp.ones_like(ids)
-    params = model.init(jax.random.key(1), ids, mask)["params"]
+    params = jax.jit(model.init)(jax.random.key(1), ids, mask)["params"]
 
     def loss(p):
         logits = model.apply({"params": p}, ids, mask).logits[:, :-1]

@@ -88,7 +88,7 @@ def lora_llama():
                                              "up_proj", "down_proj"))
     ids = jax.random.randint(jax.random.key(0), (2, 6), 0, 32)
     mask = jnp.array([[1] * 6, [0, 0, 1, 1, 1, 1]])
-    lora_params = LlamaModel(lcfg).init(jax.random.key(1), ids, mask)["params"]
+    lora_params = jax.jit(LlamaModel(lcfg).init)(jax.random.key(1), ids, mask)["params"]
     flat = traverse_util.flatten_dict(lora_params)
     base_params = traverse_util.unflatten_dict({k: v for k, v in flat.items() if k[-1] not in ("lora_a", "lora_b")})
     return lcfg, ids, mask, lora_params, base_params
