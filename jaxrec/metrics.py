@@ -167,6 +167,7 @@ class MetricAccumulator:
         self.reset()
 
     def reset(self) -> None:
+        """Forgets everything added so far (e.g. between evaluation rounds)."""
         G = len(self.groups)
         self._count = np.zeros(G, np.int64)
         self._sums = {f"{m}@{k}": np.zeros(G, np.float64)

@@ -283,7 +283,7 @@ def dataset_dirs(name: str, data_dir: str, options: dict) -> tuple[str, str]:
             os.path.join(data_dir, "jaxrec_items", cfg, VERSION))
 
 
-def is_prepared(name: str, data_dir: Optional[str] = None, **options) -> bool:
+def is_prepared(name: str, /, data_dir: Optional[str] = None, **options) -> bool:
     """True only if both builders finished (TFDS renames a directory when complete)."""
     data_dir = data_dir or default_data_dir()
     return all(os.path.exists(os.path.join(d, "dataset_info.json"))
@@ -302,7 +302,7 @@ def _normalise_options(name: str, options: dict) -> dict:
     return opts
 
 
-def prepare(name: str, raw_dir: Optional[str] = None, data_dir: Optional[str] = None,
+def prepare(name: str, /, raw_dir: Optional[str] = None, data_dir: Optional[str] = None,
             **options) -> tuple[str, str]:
     """Reads raw data and writes the dataset, unless it is already complete.
 
@@ -381,7 +381,7 @@ def _read_all(source, chunk: int = 8192) -> list:
     return out
 
 
-def load(name: str, raw_dir: Optional[str] = None, data_dir: Optional[str] = None,
+def load(name: str, /, raw_dir: Optional[str] = None, data_dir: Optional[str] = None,
          prepare_if_missing: bool = True, **options) -> Dataset:
     """Loads a prepared dataset into memory, preparing it first if needed.
 

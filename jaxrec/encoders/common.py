@@ -190,6 +190,7 @@ class EncoderConfig:
         return implied
 
     def resolved_dropout(self, default: float) -> float:
+        """``cfg.dropout`` if set, else the encoder's reference ``default``."""
         return float(default if self.dropout is None else self.dropout)
 
     def _style(self, value, reference, post_ln):
@@ -198,19 +199,24 @@ class EncoderConfig:
         return reference if self.norm_style == "reference" else post_ln
 
     def resolved_mask_value(self) -> float:
+        """Logit for masked attention entries (-2**32+1 'reference', -1e9 'post_ln')."""
         return float(self._style(self.attention_mask_value, REFERENCE_MASK_VALUE,
                                  POST_LN_MASK_VALUE))
 
     def resolved_attn_bias(self) -> bool:
+        """Biases on the attention projections (True 'reference', False 'post_ln')."""
         return bool(self._style(self.attn_bias, True, False))
 
     def resolved_attn_out_proj(self) -> bool:
+        """Output projection after attention (False 'reference', True 'post_ln')."""
         return bool(self._style(self.attn_out_proj, False, True))
 
     def resolved_input_ln(self) -> bool:
+        """LN on item + position embeddings (False 'reference', True 'post_ln')."""
         return bool(self._style(self.input_ln, False, True))
 
     def resolved_final_ln(self) -> bool:
+        """LN after the last block (True 'reference', False 'post_ln')."""
         return bool(self._style(self.final_ln, True, False))
 
 
@@ -327,6 +333,7 @@ class ItemEncoderBase(nn.Module):
 
     @property
     def dropout_rate(self) -> float:
+        """The dropout rate in effect (``cfg.dropout`` or the encoder's default)."""
         return self.cfg.resolved_dropout(self.default_dropout)
 
     def embed(self, items: jax.Array) -> jax.Array:
