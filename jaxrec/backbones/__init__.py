@@ -6,14 +6,20 @@ towers, with the LoRA / Houlsby baselines of §1.12 built in through the configs
 * :mod:`jaxrec.backbones.hf` — safetensors / config.json reading and checked parameter assignment.
 * :mod:`jaxrec.backbones.bert` — BERT, RoBERTa, MiniLM text encoders (:func:`load_bert`).
 * :mod:`jaxrec.backbones.vit` — ViT image encoders (:func:`load_vit`).
+* :mod:`jaxrec.backbones.llama` — Llama 2/3, Mistral and Gemma-style decoders (:func:`load_llama`).
 * :mod:`jaxrec.backbones.preprocess` — tokenisation and image preprocessing.
 """
 from jaxrec.backbones.bert import BertConfig, BertEncoder, BertOutput, load_bert
 from jaxrec.backbones.hf import CheckpointError, assign_params, read_config, read_safetensors
+from jaxrec.backbones.llama import LlamaConfig, LlamaModel, LlamaOutput, load_llama
 from jaxrec.backbones.preprocess import ImagePreprocessor, load_tokenizer, tokenize
 from jaxrec.backbones.vit import ViTConfig, ViTEncoder, ViTOutput, load_vit
 
 __all__ = [
+    "LlamaConfig",
+    "LlamaModel",
+    "LlamaOutput",
+    "load_llama",
     "BertConfig",
     "BertEncoder",
     "BertOutput",
