@@ -23,6 +23,7 @@ convenience export: the records are the source of truth).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -319,6 +320,22 @@ def prepare(name: str, /, raw_dir: Optional[str] = None, data_dir: Optional[str]
     options = _normalise_options(name, options)
     if is_prepared(name, data_dir, **options):
         return dataset_dirs(name, data_dir, options)
+    # Two processes asked for the same dataset at once (parallel test workers, several
+    # jobs launched together) must not both write it: the second waits, then reuses it.
+    os.makedirs(data_dir, exist_ok=True)
+    lock_path = os.path.join(data_dir, f".{config_name(name, options)}.lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if is_prepared(name, data_dir, **options):
+                return dataset_dirs(name, data_dir, options)
+            return _prepare_locked(name, raw_dir, data_dir, options)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _prepare_locked(name: str, raw_dir: Optional[str], data_dir: str, options: dict
+                    ) -> tuple[str, str]:
     cache: dict[str, Any] = {}
 
     def log_fn():

@@ -41,25 +41,28 @@ def make_rank_fn(predict: Callable, protocol: str, num_items: int,
 
 
 def evaluate(state, ev: EvalSet, rank_fn: Callable, batch_size: int, ks=(5, 10, 20),
-             progress: bool = False, desc: str = "eval") -> dict:
-    """Metrics of one evaluation set: {'<group>/<metric>@k': value, '<group>/count': n}."""
-    ranks = []
+             rewards: tuple = (0.2, 1.0), progress: bool = False, desc: str = "eval") -> dict:
+    """Metrics of one evaluation set.
+
+    Returns:
+      {'<group>/<metric>@k': mean, '<group>/count': n} with groups purchase/click (session
+      protocol; plus '<group>/reward@k', the papers' cumulative reward of hits, using
+      ``rewards`` = (r_click, r_buy)) or 'all' (leave-one-out). A group without queries has
+      count 0 and NaN means.
+    """
+    session = ev.protocol == "session"
+    acc = M.MetricAccumulator(ks, M.RL_GROUPS if session else ("all",))
     it = eval_batches(ev, batch_size)
     if progress:
         from tqdm import tqdm
         it = tqdm(it, total=-(-ev.size // batch_size), desc=desc, leave=False)
     for batch, n in it:
-        ranks.append(np.asarray(rank_fn(state, batch))[:n])
-    ranks = np.concatenate(ranks) if ranks else np.zeros(0, np.int32)
-    if ev.protocol == "session":
-        buy = ev.arrays["is_buy"] > 0
-        groups = {"purchase": buy, "click": ~buy}
-    else:
-        groups = {"all": np.ones(len(ranks), bool)}
-    out = {}
-    for g, sel in groups.items():
-        out[f"{g}/count"] = int(sel.sum())
-        per_q = M.ranking_metrics(ranks[sel], ks)
-        for name, vals in per_q.items():
-            out[f"{g}/{name}"] = float(np.mean(vals)) if sel.any() else 0.0
-    return out
+        ranks = np.asarray(rank_fn(state, batch))
+        valid = np.arange(len(ranks)) < n
+        if session:
+            buy = (batch["is_buy"] > 0).astype(np.int64)    # RL_GROUPS = (click, purchase)
+            acc.add(ranks, group=buy, valid=valid,
+                    reward=np.where(buy > 0, rewards[1], rewards[0]))
+        else:
+            acc.add(ranks, valid=valid)
+    return acc.result()

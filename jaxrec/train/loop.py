@@ -86,6 +86,8 @@ def train(config, workdir: str, task: Optional[TaskData] = None,
     select = config.eval.get("select_metric", "purchase/ndcg@10"
                              if task.validation.protocol == "session" else "all/ndcg@10")
     eval_bs = int(config.eval.get("batch_size", 256))
+    rewards = (float(config.rl.get("r_click", 0.2)), float(config.rl.get("r_buy", 1.0))) \
+        if "rl" in config else (0.2, 1.0)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 
     init_key, root = jax.random.split(jax.random.key(int(config.seed)))
@@ -108,14 +110,16 @@ def train(config, workdir: str, task: Optional[TaskData] = None,
         bool(config.eval.get("mask_target_if_in_history", True)))
 
     def run_eval(step: int) -> None:
-        val = ev_lib.evaluate(state, task.validation, rank_fn, eval_bs, ks)
+        val = ev_lib.evaluate(state, task.validation, rank_fn, eval_bs, ks, rewards)
         _log_jsonl(metrics_path, {"step": step, "split": "validation", **val})
         value = val.get(select)
         if value is None:
             raise KeyError(f"config.eval.select_metric={select!r} is not among the "
                            f"validation metrics: {sorted(val)}")
-        if value > book["best_value"]:
-            test = ev_lib.evaluate(state, task.test, rank_fn, eval_bs, ks)
+        if not np.isfinite(value):      # e.g. no purchase among the validation queries
+            value = -float("inf")
+        if book["best_step"] < 0 or value > book["best_value"]:
+            test = ev_lib.evaluate(state, task.test, rank_fn, eval_bs, ks, rewards)
             _log_jsonl(metrics_path, {"step": step, "split": "test", **test})
             book.update(best_step=step, best_value=value, validation=val, test=test)
         print(f"[step {step}] validation {select} = {value:.4f} "
