@@ -192,3 +192,22 @@ def test_config_trainable_patterns_freeze_the_rest(tiny):
             assert float(jnp.abs(a - b).max()) > 0, name
         else:
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+
+
+def test_main_entry_point_with_overrides(tmp_path):
+    """python -m jaxrec.main --config=...:args --config.x=y, as the README shows."""
+    import subprocess
+    import sys
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxrec.main", "--config=configs/sqn.py:encoder=gru4rec,smoke",
+         f"--workdir={tmp_path}", "--config.train.num_steps=3", "--config.rl.gamma=0.3"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "sqn/gru4rec" in out.stdout and "NG@10" in out.stdout
+    res = json.load(open(tmp_path / "results.json"))
+    saved = json.load(open(tmp_path / "config.json"))
+    assert res["steps_done"] == 3 and saved["rl"]["gamma"] == 0.3
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run([sys.executable, "-m", "jaxrec.main",
+                        "--config=configs/sqn.py:encoder=bogus", f"--workdir={tmp_path}/x"],
+                       capture_output=True, check=True, timeout=600, cwd=ROOT)
