@@ -336,6 +336,19 @@ class ItemEncoderBase(nn.Module):
         """The dropout rate in effect (``cfg.dropout`` or the encoder's default)."""
         return self.cfg.resolved_dropout(self.default_dropout)
 
+    def __call__(self, items: jax.Array, lengths: Optional[jax.Array] = None, *,
+                 train: bool = False) -> jax.Array:
+        """State ``[B, D]``: the output of :meth:`sequence` at position len-1 (right
+        padding) or L-1 (left padding), where NextItNet and SASRec are read. Encoders with
+        another read-out (GRU4Rec's h_len, Caser's pooled convolutions) override this.
+
+        Args:
+          items: ``[B, L]`` int ids; lengths: ``[B]`` int or None (derived from the pad
+            mask); train: dropout switch.
+        """
+        seq = self.sequence(items, lengths, train=train)
+        return read_state(seq, items, lengths, self.pad_id, self.cfg.padding)
+
     def embed(self, items: jax.Array) -> jax.Array:
         """Item-table lookup: ``items [...]`` int -> ``[..., D]`` (pad row included)."""
         return self.item_embed(items)

@@ -24,7 +24,7 @@ from typing import Optional
 import jax
 import flax.linen as nn
 
-from jaxrec.encoders.common import ItemEncoderBase, check_items, read_state, valid_mask
+from jaxrec.encoders.common import ItemEncoderBase, check_items, valid_mask
 
 
 class _ResidualBlock(nn.Module):
@@ -93,14 +93,3 @@ class NextItNet(ItemEncoderBase):
         for block in self.blocks:
             x = block(x) * mask
         return x
-
-    def __call__(self, items: jax.Array, lengths: Optional[jax.Array] = None, *,
-                 train: bool = False) -> jax.Array:
-        """State ``[B, D]``: the output at position len-1 (right) or L-1 (left).
-
-        Args:
-          items: ``[B, L]`` int ids; lengths: ``[B]`` int or None (derived from the pad
-            mask); train: dropout switch.
-        """
-        seq = self.sequence(items, lengths, train=train)
-        return read_state(seq, items, lengths, self.pad_id, self.cfg.padding)

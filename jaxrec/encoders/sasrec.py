@@ -40,8 +40,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxrec.encoders.common import (EncoderConfig, ItemEncoderBase, check_items, read_state,
-                                    valid_mask)
+from jaxrec.encoders.common import EncoderConfig, ItemEncoderBase, check_items, valid_mask
 
 
 def _dense_init(cfg: EncoderConfig):
@@ -243,14 +242,3 @@ class SASRec(ItemEncoderBase):
                     max_len=self.cfg.state_len)
         return self.sequence_from_embeddings(self.embed(items),
                                              valid_mask(items, self.pad_id), train=train)
-
-    def __call__(self, items: jax.Array, lengths: Optional[jax.Array] = None, *,
-                 train: bool = False) -> jax.Array:
-        """State ``[B, D]``: the output at position len-1 (right) or L-1 (left).
-
-        Args:
-          items: ``[B, L]`` int ids; lengths: ``[B]`` int or None (derived from the pad
-            mask); train: dropout switch.
-        """
-        seq = self.sequence(items, lengths, train=train)
-        return read_state(seq, items, lengths, self.pad_id, self.cfg.padding)
