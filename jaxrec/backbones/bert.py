@@ -93,8 +93,34 @@ def check_peft_fields(cfg: Any, valid_targets: Sequence[str]) -> None:
         raise ValueError(f"{name}.lora_targets has unknown projection names {bad}; valid: {list(valid_targets)}")
 
 
+class EncoderConfigChecks:
+    """Validation and derived values shared by the encoder configs (BERT, ViT).
+
+    The host class is a frozen dataclass with ``dtype``, ``hidden_size``, ``num_heads``,
+    ``hidden_act`` and the PEFT fields (``lora_*``, ``adapter_size``).
+    """
+
+    def check_common(self, projections: Sequence[str]) -> None:
+        """Normalises ``dtype`` / ``lora_targets`` and checks the shared fields."""
+        name = type(self).__name__
+        object.__setattr__(self, "dtype", normalize_dtype(self.dtype, f"{name}.dtype"))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"{name}.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"{name}.hidden_act {self.hidden_act!r} unknown; valid: {sorted(ACTIVATIONS)}")
+        check_peft_fields(self, projections)
+
+    @property
+    def compute_dtype(self):
+        """The computation dtype as a ``jnp.dtype`` (activations; parameters stay float32)."""
+        return jnp.dtype(self.dtype)
+
+
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(EncoderConfigChecks):
     """Architecture of a BERT-family encoder plus its PEFT options.
 
     Attributes:
@@ -137,22 +163,9 @@ class BertConfig:
     adapter_activation: str = "relu"
 
     def __post_init__(self):
-        object.__setattr__(self, "dtype", normalize_dtype(self.dtype, "BertConfig.dtype"))
-        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
-            )
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"BertConfig.hidden_act {self.hidden_act!r} unknown; valid: {sorted(ACTIVATIONS)}")
+        self.check_common(PROJECTIONS)
         if self.position_offset < 0:
             raise ValueError(f"BertConfig.position_offset must be >= 0, got {self.position_offset}")
-        check_peft_fields(self, PROJECTIONS)
-
-    @property
-    def compute_dtype(self):
-        """The computation dtype as a ``jnp.dtype`` (activations; parameters stay float32)."""
-        return jnp.dtype(self.dtype)
 
     @classmethod
     def from_hf(cls, hf_config: Mapping[str, Any], **overrides) -> "BertConfig":

@@ -41,9 +41,8 @@ from jaxrec.backbones.bert import (
     ACTIVATIONS,
     PEFT_KEEP_PATTERNS,
     PROJECTIONS,
-    check_peft_fields,
+    EncoderConfigChecks,
     multi_head_attention,
-    normalize_dtype,
     projection,
 )
 from jaxrec.peft.adapters import HoulsbyAdapter
@@ -62,7 +61,7 @@ _PRESETS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(EncoderConfigChecks):
     """Architecture of a ViT encoder plus its PEFT options.
 
     Attributes:
@@ -98,24 +97,11 @@ class ViTConfig:
     adapter_activation: str = "relu"
 
     def __post_init__(self):
-        object.__setattr__(self, "dtype", normalize_dtype(self.dtype, "ViTConfig.dtype"))
-        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"ViTConfig.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
             )
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"ViTConfig.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
-            )
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"ViTConfig.hidden_act {self.hidden_act!r} unknown; valid: {sorted(ACTIVATIONS)}")
-        check_peft_fields(self, PROJECTIONS)
-
-    @property
-    def compute_dtype(self):
-        """The computation dtype as a ``jnp.dtype`` (activations; parameters stay float32)."""
-        return jnp.dtype(self.dtype)
+        self.check_common(PROJECTIONS)
 
     @property
     def num_patches(self) -> int:
