@@ -21,8 +21,8 @@ import ml_collections
 
 ENCODERS = ("gru4rec", "caser", "nextitnet", "sasrec")
 
-# name -> (dataset name for the data layer, learning rate, eval/validation cadence in steps,
-#          epochs, default protocol). RetailRocket / RC15 values from the released code
+# name -> learning rate, validation cadence in steps, epochs and default evaluation
+# protocol. RetailRocket / RC15 values from the released code
 #          (rl.md §3: lr 0.005 / 0.01, validation every 2,000 steps, 30 epochs for SQN).
 DATASET_DEFAULTS = {
     "synthetic": dict(lr=0.005, eval_every=100, epochs=10, protocol="session"),
@@ -71,6 +71,19 @@ def parse_arg(arg: Optional[str], allowed: dict) -> dict:
     return out
 
 
+def load_config_file(path: str, arg: str = ""):
+    """Runs ``get_config(arg)`` of a config file given by path, as ``--config=path:arg``
+    does (for scripts and tests that do not go through absl flags)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "jaxrec_config_" + os.path.splitext(os.path.basename(path))[0], path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"config file {path!r} not found")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
 def recbole_ml100k_dir() -> str:
     """The MovieLens-100K atomic files shipped in the installed ``recbole`` package."""
     return os.fspath(importlib.resources.files("recbole") / "dataset_example" / "ml-100k")
@@ -116,9 +129,7 @@ def base_config(method: str, dataset: str, encoder: str, smoke: bool,
     c.data.loo_keep_last = ml_collections.FieldReference(None, field_type=int)
     c.model = ml_collections.ConfigDict()
     c.model.encoder = encoder
-    c.model.embed_dim = 64
-    c.model.state_len = 10
-    c.model.padding = c.data.padding
+    c.model.embed_dim = 64          # padding and state length come from config.data
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = d["lr"]
     c.optim.clip_norm = 0.0

@@ -15,6 +15,7 @@ import time
 
 from absl import app, flags, logging
 
+from jaxrec import config_util
 from jaxrec import metrics as M
 from jaxrec.data import prepare as prep
 from jaxrec.data.stats import dataset_table
@@ -24,14 +25,6 @@ from jaxrec.train.data import build_task
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where runs are written (default: a temp directory).")
 flags.DEFINE_integer("epochs", 0, "Override the number of epochs (0: config default).")
-
-
-def load_config(path: str, arg: str):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("cfg", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
 
 
 def main(argv):
@@ -45,7 +38,8 @@ def main(argv):
     print(dataset_table(ds))
     rows = {}
     for label, cfg_file in (("SASRec", "supervised.py"), ("SASRec-SQN", "sqn.py")):
-        config = load_config(os.path.join(configs, cfg_file), "dataset=synthetic,encoder=sasrec")
+        config = config_util.load_config_file(os.path.join(configs, cfg_file),
+                                              "dataset=synthetic,encoder=sasrec")
         if FLAGS.epochs:
             config.train.num_epochs = FLAGS.epochs
         t = time.time()

@@ -40,6 +40,15 @@ def session_split(num_sessions: int, fractions=(0.8, 0.1, 0.1), seed: int = 0
     return {k: np.sort(p) for k, p in zip(("train", "validation", "test"), parts)}
 
 
+def _resolve_pad(pad_id: Optional[int], num_items: Optional[int], who: str) -> int:
+    """The padding id: ``pad_id`` if given, else the papers' right padding with N."""
+    if pad_id is not None:
+        return int(pad_id)
+    if num_items is None:
+        raise ValueError(f"{who} needs pad_id or num_items")
+    return int(num_items)
+
+
 def _history_windows(sessions: Sessions, state_len: int, pad_id: int, include_current: bool
                      ) -> tuple[np.ndarray, np.ndarray]:
     """States for every event: the last ``state_len`` items before (or up to) each event.
@@ -74,10 +83,7 @@ def replay_transitions(sessions: Sessions, state_len: int = 10,
       ``next_state`` [T, state_len], ``len_next_state`` [T], ``is_done`` [T] (true only on a
       session's last event), all int32 except is_buy/is_done (int8 / bool).
     """
-    if pad_id is None:
-        if num_items is None:
-            raise ValueError("replay_transitions needs pad_id or num_items")
-        pad_id = num_items
+    pad_id = _resolve_pad(pad_id, num_items, "replay_transitions")
     state, len_state = _history_windows(sessions, state_len, pad_id, include_current=False)
     nxt, len_next = _history_windows(sessions, state_len, pad_id, include_current=True)
     done = np.zeros(sessions.num_events, dtype=bool)
@@ -97,10 +103,7 @@ def eval_queries(sessions: Sessions, state_len: int = 10, pad_id: Optional[int] 
       dict with ``state`` [Q, state_len], ``len_state`` [Q], ``target`` [Q], ``is_buy`` [Q],
       ``step`` [Q] (position in the session, used by PRL's inference prompt).
     """
-    if pad_id is None:
-        pad_id = num_items
-    if pad_id is None:
-        raise ValueError("eval_queries needs pad_id or num_items")
+    pad_id = _resolve_pad(pad_id, num_items, "eval_queries")
     state, len_state = _history_windows(sessions, state_len, pad_id, include_current=False)
     return {"state": state, "len_state": len_state,
             "target": sessions.items.astype(np.int32), "is_buy": sessions.is_buy.astype(np.int8),
@@ -155,10 +158,7 @@ def prl_trajectories(sessions: Sessions, reward_mean: np.ndarray, state_len: int
       ``len_state`` [T], ``action`` [T], ``is_buy`` [T], ``reward_to_go`` [T] (R_t, which
       includes r_t) and ``reward_to_go_norm`` [T] = R_t / reward_mean[t].
     """
-    if pad_id is None:
-        pad_id = num_items
-    if pad_id is None:
-        raise ValueError("prl_trajectories needs pad_id or num_items")
+    pad_id = _resolve_pad(pad_id, num_items, "prl_trajectories")
     s = sessions.filter_lengths(1, max_length)
     state, len_state = _history_windows(s, state_len, pad_id, include_current=False)
     t = s.positions()

@@ -148,7 +148,7 @@ def _session_example(log: EventLog, bounds: np.ndarray, s: int) -> dict:
     }
     for k, v in log.ground_truth.items():
         ex[f"gt_{k}"] = np.asarray(v[a:b]).astype(_np_kind(np.asarray(v)))
-    for k, v in (getattr(log, "features", None) or {}).items():
+    for k, v in log.features.items():
         ex[f"feat_{k}"] = np.asarray(v[a:b]).astype(_np_kind(np.asarray(v)))
     return ex
 
@@ -257,7 +257,7 @@ def _make_builders(log_fn: Callable[[], tuple[EventLog, dict]], cfg_name: str, d
 def _feature_spec(log: EventLog) -> dict:
     sess = {}
     for prefix, d in (("gt_", log.ground_truth),
-                      ("feat_", getattr(log, "features", None) or {})):
+                      ("feat_", log.features)):
         for k, v in d.items():
             v = np.asarray(v)
             sess[prefix + k] = ("float" if _np_kind(v) is np.float32 else "int",

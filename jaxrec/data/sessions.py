@@ -115,5 +115,5 @@ class Sessions:
             session_ids=np.arange(log.num_sessions, dtype=np.int64),
             raw_session_ids=np.asarray([str(x) for x in log.raw_session_ids]),
             rating=log.rating, ground_truth=dict(log.ground_truth),
-            features=dict(getattr(log, "features", {}) or {}))
+            features=dict(log.features))
         return all_s if session_rows is None else all_s.select(session_rows)

@@ -20,9 +20,17 @@ from jaxrec.encoders import make_encoder
 
 
 def encoder_config(config) -> dict:
-    """The encoder fields of ``config.model`` as a plain dict (hashable parts only)."""
-    return {k: (tuple(v) if isinstance(v, list) else v)
-            for k, v in config.model.to_dict().items() if k != "encoder"}
+    """The encoder fields: ``config.model`` (minus the encoder name) plus the padding and
+    state length of ``config.data``, which the data side builds the inputs with — one
+    source, so the two can never disagree."""
+    d = {k: (tuple(v) if isinstance(v, list) else v)
+         for k, v in config.model.to_dict().items() if k != "encoder"}
+    for k in ("padding", "state_len"):
+        if k in d:
+            raise ValueError(f"config.model.{k} is not a model setting: set config.data.{k}")
+    d.update(padding=config.data.get("padding", "right"),
+             state_len=int(config.data.state_len))
+    return d
 
 
 class RecNet(nn.Module):

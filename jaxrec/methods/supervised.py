@@ -29,16 +29,9 @@ class State:
     kind: str = struct.field(pytree_node=False)
 
 
-def _inputs(batch):
-    """(items [B, L], lengths [B]) of a training or evaluation batch."""
-    if "inputs" in batch:
-        return batch["inputs"], batch["len_state"]
-    return batch["state"], batch["len_state"]
-
-
 def init(rng, example_batch, config) -> State:
     net = common.make_net(config, heads=("s",))
-    items, lengths = _inputs(example_batch)
+    items, lengths = example_batch["state"], example_batch["len_state"]
     params = net.init({"params": rng, "dropout": rng}, items, lengths, train=False)
     tx = common.make_optimizer(config.optim, params)
     return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -47,7 +40,7 @@ def init(rng, example_batch, config) -> State:
 
 def loss_fn(params, state: State, batch, rng):
     """Mean cross-entropy of the next item; returns (loss, metrics)."""
-    items, lengths = _inputs(batch)
+    items, lengths = batch["state"], batch["len_state"]
     if state.kind == "sequence":    # CE at every position (SASRec paper)
         logits = state.net.apply(params, items, lengths, train=True, rngs={"dropout": rng},
                                  method=common.RecNet.per_position)
@@ -68,5 +61,5 @@ def train_step(state: State, batch, rng):
 
 def predict(state: State, batch):
     """Scores [B, N] from the supervised head (dropout off)."""
-    items, lengths = _inputs(batch)
+    items, lengths = batch["state"], batch["len_state"]
     return state.net.apply(state.params, items, lengths, train=False)["s"]

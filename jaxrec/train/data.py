@@ -6,8 +6,9 @@ The trainer knows *data kinds* and *evaluation protocols*, never methods:
   - ``'replay'``: SQN/SA2C replay transitions (rl.md §1.4). Batch fields: ``state [B, L]``,
     ``len_state [B]``, ``action [B]``, ``is_buy [B]``, ``next_state [B, L]``,
     ``len_next_state [B]``, ``is_done [B]``.
-  - ``'sequence'``: leave-one-out training windows (iisan.md §1.13). Fields: ``inputs [B, L]``
-    (left-padded, items shifted by +1, 0 = pad), ``targets [B, L]`` (dense ids, −1 = none).
+  - ``'sequence'``: leave-one-out training windows (iisan.md §1.13). Fields: ``state [B, L]``
+    (left-padded, items shifted by +1, 0 = pad), ``len_state [B]``, ``targets [B, L]``
+    (dense ids, −1 = none).
   - ``'prl'``: PRL trajectory rows (rl.md §6): ``step``, ``state``, ``len_state``, ``action``,
     ``is_buy``, ``reward_to_go``, ``reward_to_go_norm``.
 - ``config.eval.protocol``:
@@ -110,7 +111,7 @@ def build_task(config, dataset: Optional[prep.Dataset] = None) -> TaskData:
             dataset.all_sessions(), max_len=L, min_len=int(config.data.get("loo_min_len", 5)),
             keep_last=config.data.get("loo_keep_last", None))
         tgt = loo.train_targets.astype(np.int32) - 1          # dense ids, -1 = padding
-        train = {"inputs": loo.train_inputs, "targets": tgt,
+        train = {"state": loo.train_inputs, "targets": tgt,
                  "len_state": np.maximum((loo.train_inputs > 0).sum(1), 1).astype(np.int32)}
         extras["item_counts"] = np.bincount(tgt[tgt >= 0], minlength=n)
         evals = {}

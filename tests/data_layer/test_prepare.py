@@ -100,3 +100,17 @@ def test_stats_command_prints_the_papers_table(tmp_path):
         assert col in header
     row = [l for l in out.stdout.splitlines() if l.startswith("synthetic")][0].split()
     assert row[1:4] == ["300", "80", "1,925"]
+
+
+def test_preparation_and_loading_never_import_tensorflow(tmp_path):
+    """jaxrec uses tensorflow_datasets' array_record path only; TensorFlow is no dependency."""
+    code = ("import sys\n"
+            "from jaxrec.data import prepare\n"
+            f"ds = prepare.load('synthetic', data_dir={str(tmp_path)!r}, preset='tiny')\n"
+            "assert ds.num_items == 80\n"
+            "print(sorted(m for m in sys.modules if m == 'tensorflow' "
+            "or m.startswith('tensorflow.')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,7 +1,6 @@
 """The training core: SQN's double-Q target, the trainer's resume / non-finite guard,
 every config's smoke run, and SASRec vs popularity on real MovieLens-100K."""
 
-import importlib.util
 import json
 import os
 
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrec import config_util
 from jaxrec.data import prepare as prep
 from jaxrec.methods import sqn
 from jaxrec.train import loop
@@ -20,10 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def get_config(name, arg=""):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    return config_util.load_config_file(os.path.join(ROOT, "configs", name), arg)
 
 
 @pytest.fixture(scope="module")
