@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from typing import Optional
 
@@ -109,7 +110,7 @@ def train(config, workdir: str, task: Optional[TaskData] = None,
         method.predict, task.validation.protocol, task.num_items,
         bool(config.eval.get("mask_target_if_in_history", True)))
 
-    def run_eval(step: int) -> None:
+    def run_eval(state, step: int) -> None:
         val = ev_lib.evaluate(state, task.validation, rank_fn, eval_bs, ks, rewards)
         _log_jsonl(metrics_path, {"step": step, "split": "validation", **val})
         value = val.get(select)
@@ -129,7 +130,6 @@ def train(config, workdir: str, task: Optional[TaskData] = None,
     bar = None
     if progress and start < num_steps:
         from tqdm import tqdm
-        import sys
         # Redraw rarely when stderr is a log file rather than a terminal.
         bar = tqdm(total=num_steps, initial=start, desc=f"train {config.method}",
                    unit="step", dynamic_ncols=True,
@@ -168,7 +168,7 @@ def train(config, workdir: str, task: Optional[TaskData] = None,
             if bar:
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
         if at_eval:
-            run_eval(done)
+            run_eval(state, done)
         if at_ckpt:
             book["step"] = done
             ckpt.save(done, state, book)
