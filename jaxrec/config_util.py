@@ -108,28 +108,111 @@ def dataset_config(name: str, raw_dir: Optional[str] = None, smoke: bool = False
     return c
 
 
+# Per-method hyperparameters: a layer above DATASET_DEFAULTS, so a method keeps one config
+# file. Keys are dotted config paths, optionally conditioned with ``@`` on the encoder or
+# dataset argument (``model.dropout@caser``; several conditions joined by ``+`` must all
+# hold). ``paper`` entries apply only on the papers' own datasets (retailrocket,
+# yoochoose), whose step counts they are; elsewhere the dataset defaults stand.
+PAPER_DATASETS = ("retailrocket", "yoochoose")
+METHOD_DEFAULTS = {
+    # SQN (M_TH.py, rl.md §3-4): the dataset defaults are its scripts' (30 epochs,
+    # validation every 2,000 steps); Caser without dropout, as in the SQN/SAC scripts.
+    "sqn": {"all": {"model.dropout@caser": 0.0}},
+    # SAC (M_AC.py, rl.md §4): SQN-loss warm-up in some scripts only, then a fresh Adam.
+    "sac": {"all": {"model.dropout@caser": 0.0, "rl.warmup_steps": 0},
+            "paper": {"rl.warmup_steps@gru4rec+retailrocket": 15000,
+                      "rl.warmup_steps@sasrec": 30000}},
+    # SNQN (SNQN.py, rl.md §5): 10 uniform negatives, r_neg = 0; RC15 ranks with Q.
+    "snqn": {"all": {"rl.num_negatives": 10, "rl.r_negative": 0.0},
+             "paper": {"rl.rank_head@yoochoose": "q"}},
+    # SA2C (SA2C.py, rl.md §5): SNQN for 15,000 steps, then advantage-weighted CE with a
+    # second Adam (lr 0.001); 50 epochs, validation every 4,000 steps; Caser dropout 0.1.
+    "sa2c": {"all": {"rl.num_negatives": 10, "rl.r_negative": 0.0, "rl.lr2": 0.001,
+                     "rl.advantage_clip": 0.0, "rl.ips_smooth": 0.0,
+                     "model.dropout@caser": 0.1},
+             "paper": {"train.num_epochs": 50, "train.eval_every": 4000,
+                       "rl.phase1_steps": 15000}},
+}
+
+
+def _conditions_hold(cond: str, dataset: str, encoder: str) -> bool:
+    return all(c in (dataset, encoder) for c in cond.split("+")) if cond else True
+
+
+def apply_method_defaults(c: ml_collections.ConfigDict, method: str, dataset: str,
+                          encoder: str) -> None:
+    """Writes :data:`METHOD_DEFAULTS` of ``method`` into ``c`` (creating fields)."""
+    layers = METHOD_DEFAULTS.get(method, {})
+    for layer in ("all", "paper"):
+        if layer == "paper" and dataset not in PAPER_DATASETS:
+            continue
+        for key, value in layers.get(layer, {}).items():
+            path, _, cond = key.partition("@")
+            if not _conditions_hold(cond, dataset, encoder):
+                continue
+            *parents, leaf = path.split(".")
+            node = c
+            for p in parents:
+                if p not in node:
+                    node[p] = ml_collections.ConfigDict()
+                node = node[p]
+            node[leaf] = value
+
+
+def encoder_fields() -> ml_collections.ConfigDict:
+    """Every :class:`~jaxrec.encoders.EncoderConfig` field with its default, typed, so
+    ``--config.model.<field>=...`` works for each (fields that default to None get a typed
+    placeholder). Padding, state length and pad id live in ``config.data``."""
+    import dataclasses
+    import typing
+
+    from jaxrec.encoders.common import EncoderConfig
+    hints = typing.get_type_hints(EncoderConfig)
+    m = ml_collections.ConfigDict()
+    for f in dataclasses.fields(EncoderConfig):
+        if f.name in ("padding", "state_len", "pad_id"):
+            continue
+        default = f.default
+        if default is None:
+            args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+            m[f.name] = ml_collections.FieldReference(None, field_type=args[0] if args
+                                                      else object)
+        else:
+            m[f.name] = default
+    return m
+
+
 def base_config(method: str, dataset: str, encoder: str, smoke: bool,
                 raw_dir: Optional[str] = None, protocol: Optional[str] = None
                 ) -> ml_collections.ConfigDict:
-    """The common skeleton: dataset, data, model, optim, train, eval, rl sections."""
+    """The common skeleton: dataset, data, model, optim, train, eval, evals and rl sections,
+    with the dataset defaults, then the method defaults (:data:`METHOD_DEFAULTS`), then the
+    ``smoke`` shrink."""
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; accepted: {', '.join(ENCODERS)}")
-    d = DATASET_DEFAULTS[dataset] if dataset in DATASET_DEFAULTS else None
+    if dataset not in DATASET_DEFAULTS:
+        raise ValueError(f"unknown dataset {dataset!r}; accepted: {', '.join(DATASET_DEFAULTS)}")
+    d = DATASET_DEFAULTS[dataset]
+    protocol = protocol or d["protocol"]
+    if protocol not in ("session", "loo"):
+        raise ValueError(f"unknown protocol {protocol!r}; accepted: session, loo")
     c = ml_collections.ConfigDict()
     c.method = method
     c.seed = 0
     c.dataset = dataset_config(dataset, raw_dir, smoke)
-    protocol = protocol or d["protocol"]
     c.data = ml_collections.ConfigDict()
     c.data.kind = "replay" if protocol == "session" else "sequence"
     c.data.state_len = 10
     c.data.padding = "right" if protocol == "session" else "left"
-    c.data.num_items = -1            # filled in by the trainer
+    c.data.r_click = 0.2             # event rewards (rl.md §3); also the evaluator's
+    c.data.r_buy = 1.0
     c.data.loo_min_len = 5
     c.data.loo_keep_last = ml_collections.FieldReference(None, field_type=int)
-    c.model = ml_collections.ConfigDict()
+    c.data.loo_train = "windows"     # or 'prefixes' (one example per prefix)
+    c.model = encoder_fields()
     c.model.encoder = encoder
-    c.model.embed_dim = 64          # padding and state length come from config.data
+    c.model.tie_head = False
+    c.model.head_bias = False
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = d["lr"]
     c.optim.clip_norm = 0.0
@@ -139,23 +222,26 @@ def base_config(method: str, dataset: str, encoder: str, smoke: bool,
     c.train.num_epochs = d["epochs"]
     c.train.num_steps = 0            # 0: num_epochs passes over the training examples
     c.train.eval_every = d["eval_every"]
+    c.train.eval_every_epochs = 0.0  # > 0: overrides eval_every, in epochs
     c.train.checkpoint_every = 0     # 0: at every evaluation
     c.train.log_every = 100
     c.train.max_checkpoints = 2
-    c.eval = ml_collections.ConfigDict()
-    c.eval.protocol = protocol
+    c.eval = ml_collections.ConfigDict()    # shared evaluator settings
     c.eval.ks = (5, 10, 20)
     c.eval.batch_size = 256
     c.eval.select_metric = "purchase/ndcg@10" if protocol == "session" else "all/ndcg@10"
     if dataset == "movielens_1m" and protocol == "session":
         c.eval.select_metric = "click/ndcg@10"   # ratings have no purchases
     c.eval.max_queries = 0           # 0: all queries
+    c.eval.ties = "reference"        # the papers' argsort order; or 'pessimistic'
+    c.eval.exclude_history = False   # mask the input window's items (IISAN: True)
     c.eval.mask_target_if_in_history = True
+    c.evals = ml_collections.ConfigDict()
+    c.evals.ranking = ml_collections.ConfigDict({"type": "ranking", "prefix": ""})
     c.rl = ml_collections.ConfigDict()
     c.rl.gamma = 0.5
-    c.rl.r_click = 0.2
-    c.rl.r_buy = 1.0
     c.rl.rank_head = "s"
+    apply_method_defaults(c, method, dataset, encoder)
     if smoke:
         shrink(c)
     return c
@@ -166,6 +252,7 @@ def shrink(c: ml_collections.ConfigDict) -> None:
     c.train.batch_size = 8
     c.train.num_steps = 2
     c.train.eval_every = 2
+    c.train.eval_every_epochs = 0.0
     c.train.log_every = 1
     c.eval.batch_size = 32
     c.eval.max_queries = 64

@@ -1,18 +1,18 @@
 """The single entry point: ``python -m jaxrec.main --config=configs/<method>.py:<args>
 --workdir=DIR``. ``--config.x=y`` overrides any field on top of the config file.
 
-Rerunning with the same ``--workdir`` resumes from the last checkpoint.
+Rerunning with the same ``--workdir`` resumes from the last checkpoint. A data, config or
+checkpoint error prints one ``error:`` line and exits with status 2 (``--debug`` shows the
+traceback).
 """
 
 from __future__ import annotations
 
-import json
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from jaxrec import experiment
 from jaxrec import metrics as M
-from jaxrec.train import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sqn.py:smoke.",
@@ -30,16 +30,15 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)
     config = FLAGS.config
-    res = loop.train(config, FLAGS.workdir)
-    label = config.method + (f"/{config.model.encoder}" if config.method != "popularity"
-                             else "")
+    res = experiment.run(config, FLAGS.workdir)
+    label = config.method + (f"/{res['encoder']}" if res.get("encoder") and
+                             config.method != "popularity" else "")
     print(f"\nTest metrics at the best validation step ({res['best_step']}) — "
-          f"{config.dataset.name}:")
+          f"{res['dataset']}:")
     print(results_table({label: res}))
     print(f"\nresults: {FLAGS.workdir}/results.json")
-    del res["state"]
-    logging.info(json.dumps(res, default=str))
 
 
 if __name__ == "__main__":
+    from absl import app
     app.run(main)

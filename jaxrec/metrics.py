@@ -10,8 +10,8 @@ Protocols implemented:
   al. SIGIR 2022, specs/intent_pcrec.md §2.6): full ranking with the user's history items
   excluded (IISAN), HR/NDCG/MRR@k.
 
-Ranks are computed by counting, not sorting: ``rank = 1 + #{j != t : s_j >= s_t}``, which
-is O(N) per query and jittable; the evaluator streams batches of queries through
+Ranks are computed by counting, not sorting (``rank = 1 + #{items placed above t}`` under
+a chosen tie rule), which is O(N) per query and jittable; the evaluator streams batches of queries through
 :class:`MetricAccumulator`, so a [Q, N] score matrix is never held for all queries.
 """
 
@@ -40,18 +40,29 @@ def _is_concrete(x) -> bool:
     return isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer)
 
 
+TIES = ("reference", "pessimistic", "optimistic")
+
+
 def target_ranks(scores: jax.Array, targets: jax.Array,
                  exclude_mask: Optional[jax.Array] = None, *,
-                 mask_target_if_in_history: bool = True) -> jax.Array:
-    """1-based rank of each target in a full ranking, ties broken pessimistically.
+                 mask_target_if_in_history: bool = True,
+                 ties: str = "reference") -> jax.Array:
+    """1-based rank of each target in a full ranking, with a chosen tie rule.
 
-    ``rank = 1 + #{j != target : score_j >= score_target}``: every other item whose score
-    ties with the target's is placed above it. A model that outputs the same score for
-    every item (or for a block of items containing the target) therefore gets no credit
-    for the tie — an optimistic or index-order tie-break would hand a constant scorer
-    HR@k = 1 whenever the target happens to have a small id, and argsort-based code (the
-    RL reference) silently does that. NaN scores are treated like ties (ranked above the
-    target); a NaN target score or an out-of-range target id gives :data:`UNRANKED`.
+    ``ties``:
+
+    - ``'reference'`` (default): the order of the papers' evaluation code, which takes
+      the top k from the end of a stable ascending ``np.argsort`` (rl.md §9,
+      ``utility.calculate_hit``): among items tied with the target, those with a *higher*
+      index rank above it. ``rank = 1 + #{j : s_j > s_t} + #{j > t : s_j = s_t}``.
+      Beware: a constant scorer then gets credit whenever the target has a large id.
+    - ``'pessimistic'``: every tied item ranks above the target,
+      ``rank = 1 + #{j != t : s_j >= s_t}``, so a constant scorer (or a block of tied
+      scores containing the target) gets no credit for the tie.
+    - ``'optimistic'``: every tied item ranks below, ``rank = 1 + #{j : s_j > s_t}``.
+
+    NaN scores are ranked above the target under every rule; a NaN target score or an
+    out-of-range target id gives :data:`UNRANKED`.
 
     Args:
       scores: ``[Q, N]`` float scores over the catalogue.
@@ -96,7 +107,16 @@ def target_ranks(scores: jax.Array, targets: jax.Array,
         if mask_target_if_in_history:
             unranked = unranked | target_excluded
         scores = jnp.where(exclude_mask & ~is_target, -jnp.inf, scores)
-    above = ((scores >= target_score[:, None]) | jnp.isnan(scores)) & ~is_target
+    if ties not in TIES:
+        raise ValueError(f"target_ranks: ties must be one of {TIES}, got {ties!r}")
+    t_s = target_score[:, None]
+    if ties == "pessimistic":
+        tied_above = jnp.ones((1, N), bool)
+    elif ties == "optimistic":
+        tied_above = jnp.zeros((1, N), bool)
+    else:   # reference: later index wins a tie (end of a stable ascending argsort)
+        tied_above = jnp.arange(N)[None, :] > targets[:, None]
+    above = ((scores > t_s) | ((scores == t_s) & tied_above) | jnp.isnan(scores)) & ~is_target
     ranks = 1 + jnp.sum(above, axis=1, dtype=jnp.int32)
     return jnp.where(unranked, UNRANKED, ranks).astype(jnp.int32)
 
@@ -144,7 +164,7 @@ def top_k_items(scores: jax.Array, k: int) -> jax.Array:
     return jax.lax.top_k(scores, k)[1].astype(jnp.int32)
 
 
-_jit_ranks = jax.jit(target_ranks, static_argnames=("mask_target_if_in_history",))
+_jit_ranks = jax.jit(target_ranks, static_argnames=("mask_target_if_in_history", "ties"))
 
 
 class MetricAccumulator:
@@ -225,7 +245,8 @@ class MetricAccumulator:
                     g, weights=np.where(hit, reward[keep], 0.0), minlength=G)
 
     def add_scores(self, scores, targets, group=None, valid=None, reward=None,
-                   exclude_mask=None, *, mask_target_if_in_history: bool = True) -> None:
+                   exclude_mask=None, *, mask_target_if_in_history: bool = True,
+                   ties: str = "reference") -> None:
         """Ranks a batch (jitted :func:`target_ranks`) and adds it.
 
         Args:
@@ -237,7 +258,7 @@ class MetricAccumulator:
             # so the range check does not reject the batch.
             targets = np.where(np.asarray(valid, bool), np.asarray(targets), 0)
         ranks = _jit_ranks(scores, targets, exclude_mask,
-                           mask_target_if_in_history=mask_target_if_in_history)
+                           mask_target_if_in_history=mask_target_if_in_history, ties=ties)
         self.add(ranks, group=group, valid=valid, reward=reward)
 
     def result(self) -> dict:

@@ -15,12 +15,10 @@ import time
 
 from absl import app, flags, logging
 
-from jaxrec import config_util
+from jaxrec import config_util, experiment
 from jaxrec import metrics as M
 from jaxrec.data import prepare as prep
 from jaxrec.data.stats import dataset_table
-from jaxrec.train import loop
-from jaxrec.train.data import build_task
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where runs are written (default: a temp directory).")
@@ -44,7 +42,7 @@ def main(argv):
             config.train.num_epochs = FLAGS.epochs
         t = time.time()
         print(f"\n== {label}: {config.train.num_epochs} epochs ==")
-        res = loop.train(config, os.path.join(root, label), task=build_task(config, ds))
+        res = experiment.run(config, os.path.join(root, label), dataset=ds)
         print(f"{label}: {time.time() - t:.0f}s, best validation step {res['best_step']}")
         rows[label] = res["test"]
     print("\nTest set, at the best validation step (purchase | click):")

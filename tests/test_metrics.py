@@ -23,9 +23,37 @@ RANKS = [5, 1, 6, 6, 2]
 
 
 def test_target_ranks_hand_computed_with_ties():
-    np.testing.assert_array_equal(np.asarray(target_ranks(SCORES, TARGETS)), RANKS)
+    pess = lambda *a: target_ranks(*a, ties="pessimistic")
+    np.testing.assert_array_equal(np.asarray(pess(SCORES, TARGETS)), RANKS)
     # Jitted gives the same.
-    np.testing.assert_array_equal(np.asarray(jax.jit(target_ranks)(SCORES, TARGETS)), RANKS)
+    np.testing.assert_array_equal(np.asarray(jax.jit(pess)(SCORES, TARGETS)), RANKS)
+
+
+# The same rows under the reference rule (stable ascending argsort, top k from the end:
+# a tied item with a higher index ranks above the target), by hand:
+#   row 0, t=1 (0.5): above 0 (0.9), 4 (0.7), and the later ties 2, 5 -> 5
+#   row 2, t=3, all tie: later items 4, 5 above -> 3
+#   the others have no ties with the target -> 1, 6, 2
+REFERENCE_RANKS = [5, 1, 3, 6, 2]
+
+
+def test_target_ranks_reference_ties_hand_computed():
+    np.testing.assert_array_equal(np.asarray(target_ranks(SCORES, TARGETS)), REFERENCE_RANKS)
+    np.testing.assert_array_equal(
+        np.asarray(target_ranks(SCORES, TARGETS, ties="optimistic")), [3, 1, 1, 6, 2])
+    with pytest.raises(ValueError, match="ties must be one of"):
+        target_ranks(SCORES, TARGETS, ties="random")
+
+
+def test_reference_ties_equal_the_papers_argsort_code():
+    """utility.calculate_hit of the RL release: ``np.argsort`` (stable here) ascending, the
+    top k are the last k, rank = k - (index in that slice)."""
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 4, size=(32, 25)).astype(np.float32)    # many ties
+    targets = rng.integers(0, 25, size=32).astype(np.int32)
+    order = np.argsort(scores, kind="stable")
+    want = [25 - int(np.nonzero(order[q] == t)[0][0]) for q, t in enumerate(targets)]
+    np.testing.assert_array_equal(np.asarray(target_ranks(scores, targets)), want)
 
 
 def test_target_ranks_equals_sort_with_target_after_its_ties():
@@ -39,7 +67,8 @@ def test_target_ranks_equals_sort_with_target_after_its_ties():
         is_t = np.arange(40) == t
         order = np.lexsort((is_t, -s))          # last key is primary: score desc, then target
         want.append(int(np.nonzero(order == t)[0][0]) + 1)
-    np.testing.assert_array_equal(np.asarray(target_ranks(scores, targets)), want)
+    np.testing.assert_array_equal(np.asarray(target_ranks(scores, targets, ties="pessimistic")),
+                                  want)
 
 
 def test_ranking_metrics_values_including_k_beyond_catalogue():

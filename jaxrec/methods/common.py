@@ -19,12 +19,16 @@ import optax
 from jaxrec.encoders import make_encoder
 
 
+# config.model keys that configure the heads, not the encoder.
+HEAD_KEYS = ("encoder", "tie_head", "head_bias")
+
+
 def encoder_config(config) -> dict:
-    """The encoder fields: ``config.model`` (minus the encoder name) plus the padding and
-    state length of ``config.data``, which the data side builds the inputs with — one
-    source, so the two can never disagree."""
+    """The encoder fields: ``config.model`` (minus the encoder name and head options)
+    plus the padding and state length of ``config.data``, which the data side builds the
+    inputs with — one source, so the two can never disagree."""
     d = {k: (tuple(v) if isinstance(v, list) else v)
-         for k, v in config.model.to_dict().items() if k != "encoder"}
+         for k, v in config.model.to_dict().items() if k not in HEAD_KEYS}
     for k in ("padding", "state_len"):
         if k in d:
             raise ValueError(f"config.model.{k} is not a model setting: set config.data.{k}")
@@ -41,35 +45,53 @@ class RecNet(nn.Module):
       encoder_name: key of :data:`jaxrec.encoders.ENCODERS`.
       encoder_items: (key, value) pairs of encoder settings (a tuple, so the module hashes).
       heads: names of the heads, e.g. ('s',) or ('q', 's').
+      tie_head: head 's' scores ``h · E[item]`` against the encoder's item embeddings
+        (``[N, D]``, pad excluded) instead of its own dense layer — the output layer of
+        SASRec-style libraries (e.g. RecBole). Needs ``state_dim == embed_dim``.
+      head_bias: with ``tie_head``, add a learned per-item bias (off in RecBole).
     """
 
     num_items: int
     encoder_name: str
     encoder_items: tuple
     heads: tuple = ("s",)
+    tie_head: bool = False
+    head_bias: bool = False
 
     def setup(self):
         self.encoder = make_encoder(self.encoder_name, dict(self.encoder_items),
                                     num_items=self.num_items)
         self.head_layers = {h: nn.Dense(self.num_items, name=f"head_{h}",
                                         kernel_init=nn.initializers.xavier_uniform())
-                            for h in self.heads}
+                            for h in self.heads if not (self.tie_head and h == "s")}
+        if self.tie_head and self.head_bias:
+            self.tied_bias = self.param("tied_bias", nn.initializers.zeros, (self.num_items,))
+
+    def _head(self, name: str, h):
+        """h [..., D] -> [..., N] scores of one head."""
+        if self.tie_head and name == "s":
+            scores = h @ self.encoder.item_embeddings().T
+            return scores + self.tied_bias if self.head_bias else scores
+        return self.head_layers[name](h)
 
     def __call__(self, items, lengths, train: bool = False) -> dict:
         """items [B, L] int32, lengths [B] -> {head: [B, N]}."""
         h = self.encoder(items, lengths, train=train)
-        return {name: layer(h) for name, layer in self.head_layers.items()}
+        return {name: self._head(name, h) for name in self.heads}
 
     def per_position(self, items, lengths, head: str = "s", train: bool = False):
         """items [B, L] -> [B, L, N] scores at every position (causal encoders only)."""
         seq = self.encoder.sequence(items, lengths, train=train)
-        return self.head_layers[head](seq)
+        return self._head(head, seq)
 
 
-def make_net(config, heads=("s",)) -> RecNet:
-    return RecNet(num_items=int(config.data.num_items), encoder_name=config.model.encoder,
+def make_net(config, num_items: int, heads=("s",)) -> RecNet:
+    """The RecNet of ``config.model`` over ``num_items`` items (the task's N)."""
+    m = config.model
+    return RecNet(num_items=int(num_items), encoder_name=m.encoder,
                   encoder_items=tuple(sorted(encoder_config(config).items())),
-                  heads=tuple(heads))
+                  heads=tuple(heads), tie_head=bool(m.get("tie_head", False)),
+                  head_bias=bool(m.get("head_bias", False)))
 
 
 def make_optimizer(optim, params=None) -> optax.GradientTransformation:
@@ -117,6 +139,16 @@ def take_action(values, actions):
     return jnp.take_along_axis(values, actions[:, None], axis=1)[:, 0]
 
 
-def tree_where(cond, a: Any, b: Any) -> Any:
-    """Elementwise ``cond ? a : b`` over two pytrees of the same structure (cond scalar)."""
-    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+def stack_trees(*trees: Any) -> Any:
+    """Stacks pytrees of one structure on a new leading axis: ``[k, ...]`` per leaf."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def tree_index(tree: Any, i) -> Any:
+    """Member ``i`` (int or traced scalar) of a stacked pytree: ``[k, ...] -> [...]``."""
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def tree_set(tree: Any, i, member: Any) -> Any:
+    """A stacked pytree with member ``i`` replaced (an in-place update under donation)."""
+    return jax.tree.map(lambda x, m: x.at[i].set(m), tree, member)

@@ -19,18 +19,18 @@ class State:
 
 
 def _targets(batch):
-    t = batch["targets"] if "targets" in batch else batch["action"]
+    t = batch["targets"] if "targets" in batch else batch["action"]   # dense ids, -1 = none
     return t.reshape(-1)
 
 
-def init(rng, example_batch, config) -> State:
-    del rng, example_batch
+def init(rng, task, config) -> State:
+    del rng, config
     return State(step=jnp.zeros((), jnp.int32),
-                 counts=jnp.zeros((int(config.data.num_items),), jnp.float32))
+                 counts=jnp.zeros((task.num_items,), jnp.float32))
 
 
-def train_step(state: State, batch, rng):
-    del rng
+def train_step(state: State, batch, rng, consts=None):
+    del rng, consts
     t = _targets(batch)
     valid = t >= 0
     counts = state.counts.at[jnp.where(valid, t, 0)].add(valid.astype(jnp.float32))
@@ -38,7 +38,8 @@ def train_step(state: State, batch, rng):
         "loss": jnp.zeros((), jnp.float32), "distinct_items": (counts > 0).sum()}
 
 
-def predict(state: State, batch):
+def predict(state: State, batch, consts=None):
     """[B, N]: the same popularity scores for every query."""
+    del consts
     b = batch["state"].shape[0]
     return jnp.broadcast_to(state.counts[None, :], (b, state.counts.shape[0]))

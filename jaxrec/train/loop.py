@@ -1,14 +1,21 @@
-"""The training loop: one jitted step, periodic validation, model selection, checkpoints.
+"""The training loop: one jitted step, periodic evaluation, model selection, checkpoints.
 
-It knows the method contract only (``init`` / ``train_step`` / ``predict``; DESIGN.md):
+It knows the method contract only (:mod:`jaxrec.methods`; DESIGN.md) and imports no
+method; which method, task and evaluators run is decided by the caller
+(:func:`jaxrec.experiment.run`, ``jaxrec.main``):
 
-- the step is ``jax.jit(method.train_step, donate_argnums=0)``, compiled once;
+- the step is ``jax.jit(method.train_step, donate_argnums=0)``, compiled once; the frozen
+  ``consts`` (``method.make_consts``) are a separate, non-donated argument that is never
+  checkpointed and is rebuilt on resume;
 - the step's RNG is ``fold_in(key(seed), step)`` and batch i is a pure function of
   (seed, i), so a run resumed from a checkpoint repeats exactly what an uninterrupted run
   would have done;
-- every ``eval_every`` steps the validation set is ranked; when the selection metric
-  improves, the test set is ranked too, so the reported test numbers are those at the best
-  validation step (the papers' released scripts never read their test split; rl.md §9);
+- every ``eval_every`` steps (or ``eval_every_epochs`` epochs) the evaluators of
+  ``config.evals`` run on the validation split; when the selection metric improves they
+  run on the test split too, so the reported test numbers are those at the best
+  validation step (the papers' released scripts never read their test split; rl.md §9).
+  The best value of every validation metric over all evaluations (the reference scripts'
+  way of reporting) is kept as well, each with its step;
 - checkpoints (orbax) hold the method state and the bookkeeping; metrics go to
   ``<workdir>/metrics.jsonl`` and to the console; ``<workdir>/results.json`` at the end;
 - a non-finite loss stops the run with an error naming the step range, without saving,
@@ -19,19 +26,28 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
-from typing import Optional
+from types import ModuleType
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.methods import get_method
-from jaxrec.train import evaluate as ev_lib
+from jaxrec import evaluators as ev_lib
+from jaxrec.methods import make_consts
 from jaxrec.train.checkpoint import Checkpointer
-from jaxrec.train.data import BatchSource, TaskData, build_task
+from jaxrec.train.data import BatchSource
+
+RESULT_NOTES = {
+    "validation": "validation metrics at best_step, the step with the best select_metric",
+    "test": "test metrics at best_step (model selection on validation)",
+    "best_validation": "the best value of every validation metric over all evaluations, "
+                       "each at its own step (how the reference scripts report)",
+}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,62 +59,127 @@ def _to_py(x):
     return x.item() if x.ndim == 0 else x.tolist()
 
 
+def json_safe(obj: Any) -> Any:
+    """Non-finite floats -> None, so results.json and metrics.jsonl are strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def _log_jsonl(path: str, record: dict) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(json_safe(record)) + "\n")
 
 
-def resolve_num_steps(config, task: TaskData, batch_size: int) -> int:
-    steps = int(config.train.get("num_steps", 0) or 0)
+def schedule(config, task) -> dict:
+    """Step counts of a run: ``num_steps`` (``train.num_steps`` or ``num_epochs`` passes),
+    ``eval_every`` (``train.eval_every_epochs`` epochs when set, else ``train.eval_every``
+    steps; 0 = only at the end), ``log_every`` and ``checkpoint_every`` (0 = at every
+    evaluation)."""
+    tc = config.train
+    spe = task.steps_per_epoch
+    steps = int(tc.get("num_steps", 0) or 0)
     if steps <= 0:
-        steps = int(config.train.num_epochs) * max(task.num_train // batch_size, 1)
-    return steps
+        steps = int(math.ceil(float(tc.num_epochs) * spe))
+    every_epochs = float(tc.get("eval_every_epochs", 0) or 0)
+    eval_every = (max(int(round(every_epochs * spe)), 1) if every_epochs > 0
+                  else int(tc.get("eval_every", 0) or steps))
+    return {"num_steps": steps, "steps_per_epoch": spe, "eval_every": eval_every,
+            "log_every": max(1, int(tc.get("log_every", 100))),
+            "checkpoint_every": int(tc.get("checkpoint_every", 0) or eval_every)}
 
 
-def train(config, workdir: str, task: Optional[TaskData] = None,
+class Bookkeeping:
+    """Model selection and best-per-metric tracking, saved with every checkpoint.
+
+    Attributes (all JSON-able, restored on resume):
+      step: steps done.
+      best_step / best_value: the evaluation step with the best ``select`` value.
+      validation / test: all metrics at ``best_step``.
+      best_validation: metric -> {'value', 'step'}: the best of each validation metric
+        over all evaluations (lower is better where the evaluator says so).
+    """
+
+    def __init__(self, select: str, lower: Any = None, record: Optional[dict] = None):
+        self.select = select
+        self.lower = lower or (lambda metric: False)
+        self.record = record or {"step": 0, "best_step": -1, "best_value": None,
+                                 "validation": {}, "test": {}, "best_validation": {}}
+
+    def _better(self, metric: str, new: float, old: Optional[float]) -> bool:
+        if new is None or not np.isfinite(new):
+            return False
+        if old is None:
+            return True
+        return new < old if self.lower(metric) else new > old
+
+    def update(self, step: int, val: dict) -> bool:
+        """Records a validation result; True when ``select`` improved (run the test)."""
+        r = self.record
+        val = json_safe(val)     # as it will be after a checkpoint round trip
+        for k, v in val.items():
+            if k.endswith("/count") or not isinstance(v, (int, float)) or v is None:
+                continue
+            old = r["best_validation"].get(k, {}).get("value")
+            if self._better(k, float(v), old):
+                r["best_validation"][k] = {"value": float(v), "step": step}
+        if self.select not in val:
+            raise KeyError(f"config.eval.select_metric={self.select!r} is not among the "
+                           f"validation metrics: {sorted(val)}")
+        value = val[self.select]
+        value = float("nan") if value is None else float(value)
+        first = r["best_step"] < 0
+        if first or self._better(self.select, value, r["best_value"]):
+            r.update(best_step=step, validation=val,
+                     best_value=value if np.isfinite(value) else None)
+            return True
+        return False
+
+
+def train(method: ModuleType, task, config, workdir: str, *,
           stop_after: Optional[int] = None, progress: bool = True) -> dict:
-    """Trains ``config.method`` on ``config.dataset``; returns the results dict.
+    """Trains ``method`` on ``task``; returns the results dict.
 
     Args:
-      config: an ml_collections ConfigDict (see ``configs/``).
+      method: a method module (the contract of :mod:`jaxrec.methods`).
+      task: a :class:`jaxrec.data.tasks.Task`.
+      config: the run's ConfigDict (``seed``, ``train``, ``eval``, ``evals``; the method
+        reads its own sections in ``init``).
       workdir: run directory; rerunning with the same one resumes from its checkpoint.
-      task: prebuilt data (tests reuse one); built from the config when None.
       stop_after: simulate a kill: return right after the checkpoint at this step.
       progress: show a tqdm progress bar.
     Returns:
-      {'best_step', 'validation': {...}, 'test': {...}, 'num_steps', 'stats', ...}.
+      {'best_step', 'validation', 'test', 'best_validation', 'num_steps', 'steps_done',
+       'stats', 'notes', ..., 'state'} — everything but 'state' is also in results.json.
     """
     os.makedirs(workdir, exist_ok=True)
-    method = get_method(config.method)
-    task = task or build_task(config)
-    with config.unlocked():
-        config.data.num_items = task.num_items
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
 
-    tc = config.train
-    bs = int(tc.batch_size)
-    source = BatchSource(task.train, bs, seed=int(config.seed))
-    num_steps = resolve_num_steps(config, task, bs)
-    eval_every = int(tc.get("eval_every", 0) or num_steps)
-    log_every = max(1, int(tc.get("log_every", 100)))
-    ckpt_every = int(tc.get("checkpoint_every", 0) or eval_every)
-    ks = tuple(config.eval.get("ks", (5, 10, 20)))
-    select = config.eval.get("select_metric", "purchase/ndcg@10"
-                             if task.validation.protocol == "session" else "all/ndcg@10")
-    eval_bs = int(config.eval.get("batch_size", 256))
-    rewards = (float(config.rl.get("r_click", 0.2)), float(config.rl.get("r_buy", 1.0))) \
-        if "rl" in config else (0.2, 1.0)
+    plan = schedule(config, task)
+    num_steps, eval_every = plan["num_steps"], plan["eval_every"]
+    log_every, ckpt_every = plan["log_every"], plan["checkpoint_every"]
+    source = BatchSource(task.train, task.batch_size, seed=int(config.seed))
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    evaluators = ev_lib.make_evaluators(method, task, config)
+    select = str(config.eval.get("select_metric", "") or "")
+    if not select:
+        raise ValueError("config.eval.select_metric is empty: name the validation metric "
+                         "that selects the model, e.g. 'purchase/ndcg@10'")
 
     init_key, root = jax.random.split(jax.random.key(int(config.seed)))
-    state = method.init(init_key, source[0], config)
-    ckpt = Checkpointer(workdir, max_to_keep=int(tc.get("max_checkpoints", 2)))
-    book = {"step": 0, "best_step": -1, "best_value": -float("inf"), "validation": {},
-            "test": {}}
+    state = method.init(init_key, task, config)
+    consts = make_consts(method, config, task)
+    ckpt = Checkpointer(workdir, max_to_keep=int(config.train.get("max_checkpoints", 2)))
+    book = Bookkeeping(select, lambda m: ev_lib.lower_is_better(evaluators, m))
     latest = ckpt.latest_step()
     if latest is not None:
-        state, book = ckpt.restore(latest, state)
+        state, record = ckpt.restore(latest, state)
+        book.record.update(record)
         logging.info("resumed from %s at step %d", ckpt.directory, latest)
         print(f"Resuming from checkpoint at step {latest} in {ckpt.directory}")
 
@@ -106,27 +187,23 @@ def train(config, workdir: str, task: Optional[TaskData] = None,
     # leaves (e.g. shared zeros), which donation forbids, so give every leaf its own buffer.
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
     step_fn = jax.jit(method.train_step, donate_argnums=0)
-    rank_fn = ev_lib.make_rank_fn(
-        method.predict, task.validation.protocol, task.num_items,
-        bool(config.eval.get("mask_target_if_in_history", True)))
+    print(f"{task.name}: {task.num_train} training examples, {task.steps_per_epoch} steps "
+          f"per epoch (batch {task.batch_size}); {num_steps} steps, evaluation every "
+          f"{eval_every}")
 
     def run_eval(state, step: int) -> None:
-        val = ev_lib.evaluate(state, task.validation, rank_fn, eval_bs, ks, rewards)
+        val = ev_lib.run_all(evaluators, state, consts, "validation")
         _log_jsonl(metrics_path, {"step": step, "split": "validation", **val})
-        value = val.get(select)
-        if value is None:
-            raise KeyError(f"config.eval.select_metric={select!r} is not among the "
-                           f"validation metrics: {sorted(val)}")
-        if not np.isfinite(value):      # e.g. no purchase among the validation queries
-            value = -float("inf")
-        if book["best_step"] < 0 or value > book["best_value"]:
-            test = ev_lib.evaluate(state, task.test, rank_fn, eval_bs, ks, rewards)
+        if book.update(step, val):
+            test = ev_lib.run_all(evaluators, state, consts, "test")
             _log_jsonl(metrics_path, {"step": step, "split": "test", **test})
-            book.update(best_step=step, best_value=value, validation=val, test=test)
-        print(f"[step {step}] validation {select} = {value:.4f} "
-              f"(best {book['best_value']:.4f} at step {book['best_step']})")
+            book.record["test"] = json_safe(test)
+        r = book.record
+        best = "nan" if r["best_value"] is None else f"{r['best_value']:.4f}"
+        print(f"[step {step}] validation {select} = {float(val.get(select, np.nan)):.4f} "
+              f"(best {best} at step {r['best_step']})")
 
-    start = int(book["step"])
+    start = int(book.record["step"])
     bar = None
     if progress and start < num_steps:
         from tqdm import tqdm
@@ -138,7 +215,7 @@ def train(config, workdir: str, task: Optional[TaskData] = None,
     t0 = time.time()
     for step in range(start, num_steps):
         batch = source[step]
-        state, m = step_fn(state, batch, jax.random.fold_in(root, step))
+        state, m = step_fn(state, batch, jax.random.fold_in(root, step), consts)
         window.append(m)
         done = step + 1
         at_log = done % log_every == 0 or done == num_steps
@@ -170,8 +247,8 @@ def train(config, workdir: str, task: Optional[TaskData] = None,
         if at_eval:
             run_eval(state, done)
         if at_ckpt:
-            book["step"] = done
-            ckpt.save(done, state, book)
+            book.record["step"] = done
+            ckpt.save(done, state, json_safe(book.record))
         if bar:
             bar.update(1)
         if stop_after is not None and done >= stop_after:
@@ -179,13 +256,17 @@ def train(config, workdir: str, task: Optional[TaskData] = None,
     if bar:
         bar.close()
     ckpt.close()
-    results = {"method": config.method, "dataset": config.dataset.name,
-               "encoder": config.model.get("encoder", None), "num_steps": num_steps,
-               "steps_done": int(book["step"]), "best_step": book["best_step"],
-               "select_metric": select, "validation": book["validation"],
-               "test": book["test"], "stats": task.stats}
-    if stop_after is None or book["step"] >= num_steps:
+    r = book.record
+    model = config.get("model", None)
+    results = {"method": config.method, "dataset": task.name,
+               "encoder": model.get("encoder", None) if model is not None else None,
+               "num_steps": num_steps, "steps_per_epoch": task.steps_per_epoch,
+               "steps_done": int(r["step"]), "best_step": r["best_step"],
+               "select_metric": select, "validation": r["validation"], "test": r["test"],
+               "best_validation": r["best_validation"], "notes": RESULT_NOTES,
+               "stats": task.stats}
+    if stop_after is None or r["step"] >= num_steps:
         with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(json_safe(results), f, indent=2)
     results["state"] = state
     return results

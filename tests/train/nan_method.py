@@ -5,12 +5,12 @@ import jax.numpy as jnp
 from jaxrec.methods import popularity
 
 
-def init(rng, example_batch, config):
-    return popularity.init(rng, example_batch, config)
+def init(rng, task, config):
+    return popularity.init(rng, task, config)
 
 
-def train_step(state, batch, rng):
-    state, m = popularity.train_step(state, batch, rng)
+def train_step(state, batch, rng, consts):
+    state, m = popularity.train_step(state, batch, rng, consts)
     m["loss"] = jnp.where(state.step >= 4, jnp.nan, 1.0)
     return state, m
 

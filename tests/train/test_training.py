@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import config_util
+from jaxrec import config_util, experiment
 from jaxrec.data import prepare as prep
+from jaxrec.data.tasks import build_task
 from jaxrec.methods import sqn
 from jaxrec.train import loop
-from jaxrec.train.data import BatchSource, build_task
+from jaxrec.train.data import BatchSource
 from tests.train import raw_writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,22 +46,21 @@ def test_double_q_target_hand_example():
 def test_sqn_rewards_and_both_networks_update(tiny):
     config = get_config("sqn.py", "smoke")
     task = build_task(config, tiny)
-    with config.unlocked():
-        config.data.num_items = task.num_items
     src = BatchSource(task.train, 8, seed=0)
-    state = sqn.init(jax.random.key(0), src[0], config)
+    state = sqn.init(jax.random.key(0), task, config)
     np.testing.assert_allclose(sqn.rewards(jnp.array([1, 0]), state.hp), [1.0, 0.2])
-    p1, p2 = state.params1, state.params2
+    p1, p2 = (jax.tree.map(lambda x: x[i], state.params) for i in (0, 1))
     step = jax.jit(sqn.train_step)
     losses = []
     for i in range(30):
-        state, m = step(state, src[i], jax.random.key(i))
+        state, m = step(state, src[i], jax.random.key(i), None)
         losses.append(float(m["loss"]))
-    assert int(state.updates1) + int(state.updates2) == 30
-    assert int(state.updates1) > 0 and int(state.updates2) > 0
+    assert int(state.updates.sum()) == 30
+    assert int(state.updates[0]) > 0 and int(state.updates[1]) > 0
     moved = lambda a, b: max(float(jnp.abs(x - y).max()) for x, y in
                              zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    assert moved(p1, state.params1) > 1e-4 and moved(p2, state.params2) > 1e-4
+    assert moved(p1, jax.tree.map(lambda x: x[0], state.params)) > 1e-4
+    assert moved(p2, jax.tree.map(lambda x: x[1], state.params)) > 1e-4
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
@@ -76,7 +76,7 @@ SYNTHETIC_SMOKE = ([("supervised.py", f"encoder={e},smoke") for e in
 @pytest.mark.parametrize("cfg,arg", SYNTHETIC_SMOKE)
 def test_every_config_runs_two_smoke_steps(cfg, arg, tmp_path):
     config = get_config(cfg, arg)
-    res = loop.train(config, str(tmp_path), progress=False)
+    res = experiment.run(config, str(tmp_path), progress=False)
     assert res["steps_done"] == 2
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     train = [l for l in lines if l["split"] == "train"]
@@ -101,7 +101,7 @@ def real_raw_dirs(tmp_path_factory, tiny):
 def test_real_dataset_configs_smoke(cfg, dataset, real_raw_dirs, tmp_path):
     config = get_config(cfg, f"dataset={dataset},encoder=gru4rec,smoke,"
                               f"raw_dir={real_raw_dirs / dataset}")
-    res = loop.train(config, str(tmp_path), progress=False)
+    res = experiment.run(config, str(tmp_path), progress=False)
     assert res["steps_done"] == 2 and res["stats"]["dataset"] == dataset
     assert res["stats"]["interactions"] > 1000
 
@@ -121,10 +121,11 @@ def _resume_config():
 
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny):
-    full = loop.train(_resume_config(), str(tmp_path / "full"), progress=False)
-    part = loop.train(_resume_config(), str(tmp_path / "killed"), progress=False, stop_after=6)
+    full = experiment.run(_resume_config(), str(tmp_path / "full"), progress=False)
+    part = experiment.run(_resume_config(), str(tmp_path / "killed"), progress=False,
+                          stop_after=6)
     assert part["steps_done"] == 6 and not os.path.exists(tmp_path / "killed" / "results.json")
-    resumed = loop.train(_resume_config(), str(tmp_path / "killed"), progress=False)
+    resumed = experiment.run(_resume_config(), str(tmp_path / "killed"), progress=False)
     assert resumed["steps_done"] == 8
     for a, b in zip(jax.tree.leaves(full["state"].params),
                     jax.tree.leaves(resumed["state"].params)):
@@ -141,7 +142,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     c.train.log_every = 2
     c.train.checkpoint_every = 2
     with pytest.raises(loop.NonFiniteLossError, match=r"step 4 .*Last good checkpoint: step 2"):
-        loop.train(c, str(tmp_path), progress=False)
+        experiment.run(c, str(tmp_path), progress=False)
     from jaxrec.train.checkpoint import Checkpointer
     assert Checkpointer(str(tmp_path)).latest_step() == 2
 
@@ -158,7 +159,7 @@ def test_sasrec_beats_popularity_on_movielens_100k(unused, tmp_path):
             c.train.batch_size = 128
             c.train.num_epochs = 4
             c.train.eval_every = 0
-        results[name] = loop.train(c, str(tmp_path / name), progress=False)
+        results[name] = experiment.run(c, str(tmp_path / name), progress=False)
     assert results["popularity.py"]["stats"]["sessions"] == 943
     assert results["popularity.py"]["stats"]["items"] == 1682
     pop = results["popularity.py"]["test"]["all/ndcg@10"]
@@ -173,14 +174,12 @@ def test_config_trainable_patterns_freeze_the_rest(tiny):
     config = get_config("supervised.py", "encoder=gru4rec,smoke")
     config.optim.trainable = ("head_s/",)
     task = build_task(config, tiny)
-    with config.unlocked():
-        config.data.num_items = task.num_items
     src = BatchSource(task.train, 8, seed=0)
-    state = supervised.init(jax.random.key(0), src[0], config)
+    state = supervised.init(jax.random.key(0), task, config)
     before = state.params
     step = jax.jit(supervised.train_step)
     for i in range(3):
-        state, _ = step(state, src[i], jax.random.key(i))
+        state, _ = step(state, src[i], jax.random.key(i), None)
     flat_b = jax.tree_util.tree_flatten_with_path(before)[0]
     flat_a = jax.tree.leaves(state.params)
     for (path, b), a in zip(flat_b, flat_a):
