@@ -20,8 +20,11 @@ import numpy as np
 from absl import app, flags
 
 from jaxrec import config_util
+from jaxrec.data.events import ItemInfo
+from jaxrec.data.tasks import SESSION_GROUPS, EvalSet, Task
+from jaxrec.evaluators import options_for
+from jaxrec.evaluators.ranking import RankingEvaluator
 from jaxrec.methods import get_method
-from jaxrec.train import evaluate as ev_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("encoders", list(config_util.ENCODERS), "Encoders to measure.")
@@ -47,31 +50,41 @@ def random_batch(rng: np.random.Generator, b: int, n: int, L: int = 10) -> dict:
             "target": rng.integers(0, n, size=b).astype(np.int32)}
 
 
+def random_task(rng: np.random.Generator, n: int, batch: int, num_queries: int) -> Task:
+    """A task of random replay rows and session-protocol queries over N items."""
+    train = random_batch(rng, 4 * batch, n)
+    q = random_batch(rng, num_queries, n)
+    ev = EvalSet({"state": q["state"], "len_state": q["len_state"], "target": q["target"],
+                  "group": q["is_buy"].astype(np.int32)}, "session", SESSION_GROUPS)
+    return Task(name="random", kind="replay", num_items=n, batch_size=batch, train=train,
+                validation=ev, test=ev, item_freq=np.ones(n, np.int64), items=ItemInfo(),
+                stats={}, extras={})
+
+
 def measure(method_name: str, encoder: str, rng: np.random.Generator) -> dict:
     config = config_util.base_config(method_name, "retailrocket", encoder, smoke=False)
-    config.data.num_items = FLAGS.num_items
+    config.eval.batch_size = FLAGS.eval_batch
     method = get_method(method_name)
-    batches = [random_batch(rng, FLAGS.batch, FLAGS.num_items) for _ in range(4)]
-    state = method.init(jax.random.key(0), batches[0], config)
+    task = random_task(rng, FLAGS.num_items, FLAGS.batch, FLAGS.eval_batch * FLAGS.eval_batches)
+    batches = [{k: v[i * FLAGS.batch:(i + 1) * FLAGS.batch] for k, v in task.train.items()}
+               for i in range(4)]
+    state = method.init(jax.random.key(0), task, config)
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
     step = jax.jit(method.train_step, donate_argnums=0)
     t = time.perf_counter()
-    state, m = step(state, batches[0], jax.random.key(0))
+    state, m = step(state, batches[0], jax.random.key(0), None)
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t
     t = time.perf_counter()
     for i in range(FLAGS.steps):
-        state, m = step(state, batches[i % 4], jax.random.key(i))
+        state, m = step(state, batches[i % 4], jax.random.key(i), None)
     jax.block_until_ready(m)
     train_sps = FLAGS.steps / (time.perf_counter() - t)
-    rank = ev_lib.make_rank_fn(method.predict, "session", FLAGS.num_items)
-    eb = random_batch(rng, FLAGS.eval_batch, FLAGS.num_items)
-    jax.block_until_ready(rank(state, eb))
+    evaluator = RankingEvaluator(method, task, config, options_for(config, "ranking"))
+    evaluator.run(state, None, "validation")              # compile
     t = time.perf_counter()
-    for _ in range(FLAGS.eval_batches):
-        r = rank(state, eb)
-    jax.block_until_ready(r)
-    eval_qps = FLAGS.eval_batches * FLAGS.eval_batch / (time.perf_counter() - t)
+    evaluator.run(state, None, "validation")
+    eval_qps = task.validation.size / (time.perf_counter() - t)
     return {"method": method_name, "encoder": encoder, "train steps/s": train_sps,
             "train examples/s": train_sps * FLAGS.batch, "eval queries/s": eval_qps,
             "compile s": compile_s}

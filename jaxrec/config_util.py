@@ -224,6 +224,7 @@ def base_config(method: str, dataset: str, encoder: str, smoke: bool,
     c.train.eval_every = d["eval_every"]
     c.train.eval_every_epochs = 0.0  # > 0: overrides eval_every, in epochs
     c.train.checkpoint_every = 0     # 0: at every evaluation
+    c.train.patience = 0             # > 0: stop after this many evaluations without gain
     c.train.log_every = 100
     c.train.max_checkpoints = 2
     c.eval = ml_collections.ConfigDict()    # shared evaluator settings

@@ -102,13 +102,16 @@ class Bookkeeping:
       validation / test: all metrics at ``best_step``.
       best_validation: metric -> {'value', 'step'}: the best of each validation metric
         over all evaluations (lower is better where the evaluator says so).
+      stale: evaluations since ``select`` last improved (early stopping,
+        ``config.train.patience`` > 0).
     """
 
     def __init__(self, select: str, lower: Any = None, record: Optional[dict] = None):
         self.select = select
         self.lower = lower or (lambda metric: False)
         self.record = record or {"step": 0, "best_step": -1, "best_value": None,
-                                 "validation": {}, "test": {}, "best_validation": {}}
+                                 "validation": {}, "test": {}, "best_validation": {},
+                                 "stale": 0}
 
     def _better(self, metric: str, new: float, old: Optional[float]) -> bool:
         if new is None or not np.isfinite(new):
@@ -191,19 +194,30 @@ def train(method: ModuleType, task, config, workdir: str, *,
           f"per epoch (batch {task.batch_size}); {num_steps} steps, evaluation every "
           f"{eval_every}")
 
-    def run_eval(state, step: int) -> None:
+    patience = int(config.train.get("patience", 0) or 0)
+    t_start = time.time()
+
+    def run_eval(state, step: int) -> bool:
+        """Evaluates; returns True when early stopping says to stop."""
         val = ev_lib.run_all(evaluators, state, consts, "validation")
-        _log_jsonl(metrics_path, {"step": step, "split": "validation", **val})
+        _log_jsonl(metrics_path, {"step": step, "split": "validation",
+                                  "elapsed_s": time.time() - t_start, **val})
         if book.update(step, val):
             test = ev_lib.run_all(evaluators, state, consts, "test")
             _log_jsonl(metrics_path, {"step": step, "split": "test", **test})
             book.record["test"] = json_safe(test)
+            book.record["stale"] = 0
+        else:
+            book.record["stale"] = book.record.get("stale", 0) + 1
         r = book.record
         best = "nan" if r["best_value"] is None else f"{r['best_value']:.4f}"
         print(f"[step {step}] validation {select} = {float(val.get(select, np.nan)):.4f} "
               f"(best {best} at step {r['best_step']})")
+        return patience > 0 and r["stale"] >= patience
 
     start = int(book.record["step"])
+    if book.record.get("early_stopped"):
+        num_steps = start                    # a finished, early-stopped run stays finished
     bar = None
     if progress and start < num_steps:
         from tqdm import tqdm
@@ -244,14 +258,18 @@ def train(method: ModuleType, task, config, workdir: str, *,
             _log_jsonl(metrics_path, rec)
             if bar:
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
-        if at_eval:
-            run_eval(state, done)
+        stop_early = run_eval(state, done) if at_eval else False
+        if stop_early:
+            print(f"early stop: no improvement of {select} in {patience} evaluations")
+            num_steps = done                 # the run is complete at this step
+            book.record["early_stopped"] = True
+            at_ckpt = True
         if at_ckpt:
             book.record["step"] = done
             ckpt.save(done, state, json_safe(book.record))
         if bar:
             bar.update(1)
-        if stop_after is not None and done >= stop_after:
+        if (stop_after is not None and done >= stop_after) or stop_early:
             break
     if bar:
         bar.close()

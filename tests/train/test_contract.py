@@ -415,3 +415,19 @@ def test_toy_method_with_own_consts_and_evaluator_runs_through_main(tmp_path):
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     losses = [l["loss"] for l in lines if l["split"] == "train"]
     assert losses[-1] < losses[0]
+
+
+def test_early_stopping_stops_and_stays_stopped(tmp_path):
+    """With lr 0 the toy model never changes, so the selection metric never improves after
+    the first evaluation: patience 2 stops the run at the third evaluation."""
+    c = config_util.load_config_file(os.path.join(ROOT, "tests", "train", "toy_config.py"),
+                                     "smoke")
+    c.optim.lr = 0.0
+    c.train.num_steps = 20
+    c.train.eval_every = 2
+    c.train.patience = 2
+    res = experiment.run(c, str(tmp_path), progress=False)
+    assert res["steps_done"] == 6 and res["best_step"] == 2
+    assert os.path.exists(tmp_path / "results.json")
+    again = experiment.run(c, str(tmp_path), progress=False)     # resume: nothing to do
+    assert again["steps_done"] == 6 and again["test"] == res["test"]
