@@ -26,12 +26,13 @@ Parameter layout (``params`` collection; '/' = nesting)::
     pooler/{kernel, bias}                       only when use_pooler
 
 Projection names usable in ``lora_targets``: ``query key value attn_out ffn_in ffn_out``
-(the same names as in :mod:`jaxrec.backbones.vit`).
+(:data:`jaxrec.backbones.layers.ENCODER_PROJECTIONS`, the same names as in
+:mod:`jaxrec.backbones.vit`). The shared pieces (LoRA-capable projections, attention, adapters,
+config checks) are in :mod:`jaxrec.backbones.layers`.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -42,82 +43,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxrec.backbones import hf
-from jaxrec.peft.adapters import HoulsbyAdapter
-from jaxrec.peft.lora import LoRADense
+from jaxrec.backbones.layers import (
+    ACTIVATIONS,
+    PEFT_KEEP_PATTERNS,
+    EncoderConfigChecks,
+    houlsby,
+    multi_head_attention,
+    projection,
+)
 
 Array = Any
-
-# Names of every dense projection of a transformer layer; LoRA can target any of them.
-PROJECTIONS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
-
-# HF `hidden_act` strings -> functions. "gelu" is the exact erf form (torch.nn.functional.gelu),
-# the tanh approximations are separate names in HF, so the distinction matters for parity.
-ACTIVATIONS = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-    "relu": nn.relu,
-    "silu": nn.silu,
-    "swish": nn.silu,
-    "tanh": jnp.tanh,
-}
-
-_DTYPES = ("float32", "bfloat16", "float16")
-
-# Fresh (not pretrained) parameters that loaders keep from `init` instead of reading them.
-PEFT_KEEP_PATTERNS = (r"(^|/)lora_[ab]$", r"(^|/)adapter_(attn|ffn)(/|$)")
-
-
-def normalize_dtype(dtype: Any, field: str = "dtype") -> str:
-    """Returns the canonical name ("float32", "bfloat16", "float16") of a dtype-like value."""
-    try:
-        name = jnp.dtype(dtype).name
-    except TypeError as e:
-        raise ValueError(f"{field}: {dtype!r} is not a dtype; use one of {_DTYPES}") from e
-    if name not in _DTYPES:
-        raise ValueError(f"{field}: {name!r} is not supported; use one of {_DTYPES}")
-    return name
-
-
-def check_peft_fields(cfg: Any, valid_targets: Sequence[str]) -> None:
-    """Validates the shared PEFT fields (lora_rank, lora_alpha, lora_targets, adapter_size)."""
-    name = type(cfg).__name__
-    if cfg.lora_rank < 0:
-        raise ValueError(f"{name}.lora_rank must be >= 0, got {cfg.lora_rank}")
-    if cfg.adapter_size < 0:
-        raise ValueError(f"{name}.adapter_size must be >= 0, got {cfg.adapter_size}")
-    if isinstance(cfg.lora_targets, str):
-        raise ValueError(f"{name}.lora_targets must be a tuple of names, got the string {cfg.lora_targets!r}")
-    bad = [t for t in cfg.lora_targets if t not in valid_targets]
-    if bad:
-        raise ValueError(f"{name}.lora_targets has unknown projection names {bad}; valid: {list(valid_targets)}")
-
-
-class EncoderConfigChecks:
-    """Validation and derived values shared by the encoder configs (BERT, ViT).
-
-    The host class is a frozen dataclass with ``dtype``, ``hidden_size``, ``num_heads``,
-    ``hidden_act`` and the PEFT fields (``lora_*``, ``adapter_size``).
-    """
-
-    def check_common(self, projections: Sequence[str]) -> None:
-        """Normalises ``dtype`` / ``lora_targets`` and checks the shared fields."""
-        name = type(self).__name__
-        object.__setattr__(self, "dtype", normalize_dtype(self.dtype, f"{name}.dtype"))
-        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"{name}.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
-            )
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"{name}.hidden_act {self.hidden_act!r} unknown; valid: {sorted(ACTIVATIONS)}")
-        check_peft_fields(self, projections)
-
-    @property
-    def compute_dtype(self):
-        """The computation dtype as a ``jnp.dtype`` (activations; parameters stay float32)."""
-        return jnp.dtype(self.dtype)
-
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig(EncoderConfigChecks):
@@ -163,7 +98,7 @@ class BertConfig(EncoderConfigChecks):
     adapter_activation: str = "relu"
 
     def __post_init__(self):
-        self.check_common(PROJECTIONS)
+        self.check_common()
         if self.position_offset < 0:
             raise ValueError(f"BertConfig.position_offset must be >= 0, got {self.position_offset}")
 
@@ -180,26 +115,15 @@ class BertConfig(EncoderConfigChecks):
         pos_type = hf_config.get("position_embedding_type", "absolute")
         if pos_type != "absolute":
             raise ValueError(f"config.json position_embedding_type {pos_type!r} is not supported (only 'absolute')")
-        required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-        absent = [k for k in required if k not in hf_config]
-        if absent:
-            raise ValueError(f"config.json lacks fields {absent}")
+        fields = cls.encoder_fields_from_hf(hf_config, dropout=0.1, required=("vocab_size",))
         pad = int(hf_config.get("pad_token_id") or 0)
         roberta_like = model_type != "bert"
-        fields = dict(
+        fields.update(
             vocab_size=hf_config["vocab_size"],
-            hidden_size=hf_config["hidden_size"],
-            num_layers=hf_config["num_hidden_layers"],
-            num_heads=hf_config["num_attention_heads"],
-            intermediate_size=hf_config["intermediate_size"],
             max_position_embeddings=hf_config.get("max_position_embeddings", 512),
             type_vocab_size=hf_config.get("type_vocab_size", 2),
-            layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
-            hidden_act=hf_config.get("hidden_act", "gelu"),
             position_offset=pad + 1 if roberta_like else 0,
             pad_token_id=pad,
-            hidden_dropout=hf_config.get("hidden_dropout_prob", 0.1),
-            attention_dropout=hf_config.get("attention_probs_dropout_prob", 0.1),
         )
         fields.update(overrides)
         return cls(**fields)
@@ -219,56 +143,6 @@ class BertOutput:
     last_hidden_state: Array
     pooled: Array | None
     hidden_states: tuple[Array, ...]
-
-
-def projection(cfg: Any, name: str, features: int, *, use_bias: bool = True) -> LoRADense:
-    """A dense projection named ``name``; LoRA rank ``cfg.lora_rank`` iff ``name`` is targeted."""
-    targeted = name in cfg.lora_targets
-    return LoRADense(
-        features=features,
-        use_bias=use_bias,
-        rank=cfg.lora_rank if targeted else 0,
-        alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout if targeted else 0.0,
-        dtype=cfg.compute_dtype,
-        kernel_init=nn.initializers.normal(0.02),
-        name=name,
-    )
-
-
-def multi_head_attention(
-    q: Array, k: Array, v: Array, mask: Array | None, num_heads: int,
-    dropout: nn.Dropout | None = None, deterministic: bool = True,
-) -> Array:
-    """Scaled dot-product attention over ``num_heads`` heads (Vaswani et al. 2017, §3.2.2).
-
-    Args:
-      q, k, v: ``[B, T, D]`` projected queries/keys/values (D = H * Dh).
-      mask: ``[B, T]`` with 1 for real key tokens and 0 for padding, or None.
-      num_heads: H.
-      dropout: applied to the attention probabilities when ``deterministic`` is False.
-
-    Returns:
-      ``[B, T, D]`` in q's dtype.
-    """
-    b, t, d = q.shape
-    dh = d // num_heads
-    q = q.reshape(b, t, num_heads, dh)
-    k = k.reshape(b, k.shape[1], num_heads, dh)
-    v = v.reshape(b, v.shape[1], num_heads, dh)
-    # Logits and softmax in float32 even for bf16 activations: the row max-subtraction and the
-    # exp-sum lose most of their precision in bf16's 8-bit mantissa.
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(dh)
-    if mask is not None:
-        keep = mask[:, None, None, :].astype(bool)
-        # finfo.min rather than -inf: a fully padded row then gets uniform weights (as HF)
-        # instead of NaN.
-        scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    if dropout is not None:
-        probs = dropout(probs, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    return out.reshape(b, t, d)
 
 
 class BertEmbeddings(nn.Module):
@@ -323,17 +197,13 @@ class BertLayer(nn.Module):
         k = projection(cfg, "key", d)(x, deterministic=deterministic)
         v = projection(cfg, "value", d)(x, deterministic=deterministic)
         a = multi_head_attention(q, k, v, mask, cfg.num_heads, nn.Dropout(cfg.attention_dropout), deterministic)
-        a = projection(cfg, "attn_out", d)(a, deterministic=deterministic)
-        if cfg.adapter_size > 0:
-            a = HoulsbyAdapter(cfg.adapter_size, cfg.adapter_activation, dtype=dt, name="adapter_attn")(a)
+        a = houlsby(cfg, "adapter_attn", projection(cfg, "attn_out", d)(a, deterministic=deterministic))
         a = nn.Dropout(cfg.hidden_dropout)(a, deterministic=deterministic)
         h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dt, name="attn_norm")(x + a)
 
         f = projection(cfg, "ffn_in", cfg.intermediate_size)(h, deterministic=deterministic)
         f = ACTIVATIONS[cfg.hidden_act](f)
-        f = projection(cfg, "ffn_out", d)(f, deterministic=deterministic)
-        if cfg.adapter_size > 0:
-            f = HoulsbyAdapter(cfg.adapter_size, cfg.adapter_activation, dtype=dt, name="adapter_ffn")(f)
+        f = houlsby(cfg, "adapter_ffn", projection(cfg, "ffn_out", d)(f, deterministic=deterministic))
         f = nn.Dropout(cfg.hidden_dropout)(f, deterministic=deterministic)
         return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dt, name="ffn_norm")(h + f)
 
@@ -423,14 +293,11 @@ def bert_param_mapping(config: BertConfig, tensor_names: Sequence[str]) -> tuple
     names = set(tensor_names)
     p = hf.find_prefix(names, "embeddings.word_embeddings.weight", ("bert.", "roberta.", "model."))
     legacy = f"{p}embeddings.LayerNorm.gamma" in names
-    ln_w, ln_b = ("gamma", "beta") if legacy else ("weight", "bias")
-    lin = hf.linear_kernel
+    ln_names = ("gamma", "beta") if legacy else ("weight", "bias")
+    dense = hf.dense_entries
 
     def ln(ours: tuple, theirs: str):
-        return {ours + ("scale",): (f"{theirs}.{ln_w}", None), ours + ("bias",): (f"{theirs}.{ln_b}", None)}
-
-    def dense(ours: tuple, theirs: str):
-        return {ours + ("kernel",): (f"{theirs}.weight", lin), ours + ("bias",): (f"{theirs}.bias", None)}
+        return hf.layer_norm_entries(ours, theirs, ln_names)
 
     m: dict = {}
     e = ("embeddings",)
@@ -455,40 +322,41 @@ def bert_param_mapping(config: BertConfig, tensor_names: Sequence[str]) -> tuple
     return m, ignorable
 
 
+def example_inputs(config: BertConfig, seq_len: int = 8) -> tuple[Array, Array]:
+    """``(input_ids [1, T], attention_mask [1, T])`` zeros/ones that ``BertEncoder.init`` traces."""
+    ids = jnp.zeros((1, min(seq_len, config.max_position_embeddings - config.position_offset)), jnp.int32)
+    return ids, jnp.ones_like(ids)
+
+
 def init_params(config: BertConfig, rng: jax.Array | None = None, seq_len: int = 8, abstract: bool = False):
     """Initial parameters of :class:`BertEncoder` (``jax.eval_shape`` when ``abstract``)."""
-    model = BertEncoder(config)
-    ids = jnp.zeros((1, min(seq_len, config.max_position_embeddings - config.position_offset)), jnp.int32)
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-    fn = lambda r: model.init(r, ids, jnp.ones_like(ids))["params"]
-    return jax.eval_shape(fn, rng) if abstract else jax.jit(fn)(rng)
+    return hf.template_params(BertEncoder(config), example_inputs(config, seq_len), rng, concrete=not abstract)
 
 
 def load_bert(
     ckpt_dir: str, dtype: Any = "float32", rng: jax.Array | None = None, **overrides
-) -> tuple[BertConfig, dict]:
+) -> hf.LoadedBackbone:
     """Loads a BERT / RoBERTa / MiniLM Hugging Face checkpoint (config.json + safetensors).
 
     Args:
       ckpt_dir: directory with ``config.json`` and ``model.safetensors`` (or shards + index).
       dtype: computation dtype of the returned config; parameters are float32 regardless.
       rng: initialises PEFT parameters (LoRA ``lora_a``, adapters) that no checkpoint holds;
-        defaults to ``PRNGKey(0)``. Unused without PEFT.
+        defaults to ``jax.random.key(0)``. Unused without PEFT.
       **overrides: any :class:`BertConfig` field (``lora_rank=8``, ``adapter_size=64``,
         ``use_pooler=True``, dropout rates, ...).
 
     Returns:
-      ``(config, params)``; ``params`` is the ``'params'`` collection for
-      ``BertEncoder(config).apply({'params': params}, ...)``, as device arrays.
+      :class:`jaxrec.backbones.hf.LoadedBackbone` ``(config, params)`` — the same shape as
+      ``load_vit`` / ``load_llama``, so ``config, params = load_bert(...)``; ``params`` is the
+      ``'params'`` collection for ``BertEncoder(config).apply({'params': params}, ...)``, as
+      device arrays. Only the PEFT leaves (:data:`~jaxrec.backbones.layers.PEFT_KEEP_PATTERNS`)
+      are initialised; the pretrained ones are never randomly initialised.
 
     Raises:
       CheckpointError: unreadable files, or a checkpoint that does not fit (one message that
         lists every missing, unexpected and mis-shaped tensor).
     """
     config = BertConfig.from_hf(hf.read_config(ckpt_dir), dtype=dtype, **overrides)
-    tensors = hf.read_safetensors(ckpt_dir)
-    mapping, ignorable = bert_param_mapping(config, list(tensors))
-    peft = config.lora_rank > 0 or config.adapter_size > 0
-    template = init_params(config, rng, abstract=not peft)
-    params = hf.assign_params(template, mapping, tensors, ckpt_dir, ignorable=ignorable, keep=PEFT_KEEP_PATTERNS)
-    return config, jax.device_put(params)
+    return hf.load_backbone(ckpt_dir, config, BertEncoder(config), example_inputs(config), bert_param_mapping,
+                            keep=PEFT_KEEP_PATTERNS, rng=rng)

@@ -22,8 +22,11 @@ explicit mapping and reports every problem at once in one :class:`CheckpointErro
 sees the whole picture (e.g. "wrong architecture": dozens of missing and unexpected names)
 rather than fixing one tensor per run.
 
-This module is shared by every backbone (BERT/ViT here, Llama-family elsewhere); its public
-API is kept stable.
+:func:`load_backbone` is the whole loading path shared by ``load_bert`` / ``load_vit`` /
+``load_llama``: read the tensors, build a template whose PEFT leaves alone are initialised
+(:func:`template_params`), fill it, and return a :class:`LoadedBackbone` ``(config, params)``.
+
+This module is shared by every backbone (BERT, ViT, Llama-family); its public API is kept stable.
 """
 from __future__ import annotations
 
@@ -32,8 +35,9 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 from flax import traverse_util
 
@@ -50,6 +54,11 @@ __all__ = [
     "conv_kernel",
     "path_str",
     "find_prefix",
+    "dense_entries",
+    "layer_norm_entries",
+    "template_params",
+    "LoadedBackbone",
+    "load_backbone",
 ]
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -125,6 +134,28 @@ def find_prefix(names: Iterable[str], anchor: str, candidates: Sequence[str] = (
             return p
     found = sorted(n[: -len(anchor)] for n in names if n.endswith(anchor))
     return found[0] if found else ""
+
+
+def dense_entries(ours: ParamPath, theirs: str, bias: bool = True) -> dict:
+    """Mapping entries for a ``torch.nn.Linear`` named ``theirs`` read into a linen Dense at ``ours``.
+
+    ``ours/kernel [in, out]`` <- ``{theirs}.weight`` transposed, ``ours/bias`` <- ``{theirs}.bias``
+    (when ``bias``).
+    """
+    m = {tuple(ours) + ("kernel",): (f"{theirs}.weight", linear_kernel)}
+    if bias:
+        m[tuple(ours) + ("bias",)] = (f"{theirs}.bias", None)
+    return m
+
+
+def layer_norm_entries(ours: ParamPath, theirs: str, names: tuple[str, str] = ("weight", "bias")) -> dict:
+    """Mapping entries for a ``torch.nn.LayerNorm`` named ``theirs`` read into a linen LayerNorm.
+
+    ``ours/scale`` <- ``{theirs}.{names[0]}``, ``ours/bias`` <- ``{theirs}.{names[1]}``; old BERT
+    conversions store ``("gamma", "beta")``.
+    """
+    return {tuple(ours) + ("scale",): (f"{theirs}.{names[0]}", None),
+            tuple(ours) + ("bias",): (f"{theirs}.{names[1]}", None)}
 
 
 def path_str(path: Iterable[Any]) -> str:
@@ -379,3 +410,94 @@ def assign_params(
             unmapped=sorted(unmapped),
         )
     return traverse_util.unflatten_dict(flat_out)
+
+
+# --------------------------------------------------------------------------------------------
+# The loading path shared by the backbones
+# --------------------------------------------------------------------------------------------
+
+
+def template_params(module: Any, inputs: Sequence[Any], rng: jax.Array | None = None, *,
+                    concrete: bool | Sequence[str] = True) -> dict:
+    """Initial ``'params'`` of ``module.init(rng, *inputs)``, fully or partly materialised.
+
+    Args:
+      module: a linen module.
+      inputs: example positional inputs for ``init`` (shapes only matter; batch 1 is enough).
+      rng: init key (default ``jax.random.key(0)``). Flax derives each parameter's key from its
+        path, so a leaf gets the same value whichever other leaves are materialised.
+      concrete: True: every leaf is an array (jitted ``init``). False: every leaf is a
+        ``jax.ShapeDtypeStruct`` (``jax.eval_shape``, nothing computed). A sequence of regexes
+        over '/'-joined paths: only matching leaves are arrays — the template
+        :func:`assign_params` wants, with fresh PEFT leaves and abstract pretrained ones. Under
+        ``jit`` XLA then drops the random init of the (possibly billions of) pretrained weights
+        as dead code.
+
+    Returns:
+      The nested ``params`` dict.
+    """
+    rng = jax.random.key(0) if rng is None else rng
+
+    def init(r):
+        return module.init(r, *inputs)["params"]
+
+    if concrete is True:
+        return jax.jit(init)(rng)
+    abstract = jax.eval_shape(init, rng)
+    if concrete is False:
+        return abstract
+    flat = traverse_util.flatten_dict(dict(abstract))
+    fresh_paths = [p for p in flat if _matches(concrete, path_str(p))]
+    if fresh_paths:
+        fresh = jax.jit(lambda r: [traverse_util.flatten_dict(init(r))[p] for p in fresh_paths])(rng)
+        flat.update(zip(fresh_paths, fresh))
+    return traverse_util.unflatten_dict(flat)
+
+
+class LoadedBackbone(NamedTuple):
+    """What every ``load_*`` backbone loader returns; unpacks as ``config, params = load_...``.
+
+    Attributes:
+      config: the backbone config parsed from ``config.json`` plus the caller's overrides; the
+        module is ``<Module>(config)`` (``BertEncoder``, ``ViTEncoder``, ``LlamaModel``).
+      params: the ``'params'`` collection (device arrays), pretrained leaves from the checkpoint
+        and fresh PEFT leaves (LoRA factors, adapters) from ``init``.
+    """
+
+    config: Any
+    params: dict
+
+
+def load_backbone(
+    ckpt_dir: str | os.PathLike,
+    config: Any,
+    module: Any,
+    inputs: Sequence[Any],
+    param_mapping: Callable[[Any, Sequence[str]], tuple[ParamMapping, Sequence[str]]],
+    *,
+    keep: Sequence[str] = (),
+    rng: jax.Array | None = None,
+) -> LoadedBackbone:
+    """Reads a checkpoint's tensors into ``module``'s parameters.
+
+    Args:
+      ckpt_dir: checkpoint directory (safetensors, single or sharded).
+      config: the module's config, returned as is.
+      module: the linen module built from ``config``.
+      inputs: example inputs for ``module.init`` (see :func:`template_params`).
+      param_mapping: ``(config, tensor names) -> (mapping, ignorable)`` for :func:`assign_params`.
+      keep: regexes of parameter paths no checkpoint holds (PEFT leaves); they are initialised
+        from ``rng``, and only they.
+      rng: init key for the ``keep`` leaves (default ``jax.random.key(0)``).
+
+    Returns:
+      :class:`LoadedBackbone` ``(config, params)`` with ``params`` on the default device.
+
+    Raises:
+      CheckpointError: unreadable files, or every missing / unexpected / mis-shaped tensor at once.
+    """
+    tensors = read_safetensors(ckpt_dir)
+    mapping, ignorable = param_mapping(config, list(tensors))
+    template = template_params(module, inputs, rng, concrete=keep)
+    params = assign_params(template, mapping, tensors, ckpt_dir, ignorable=ignorable, keep=keep)
+    return LoadedBackbone(config, jax.device_put(params))

@@ -50,8 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -59,10 +58,16 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from jaxrec.backbones import hf
-from jaxrec.peft.adapters import HoulsbyAdapter
+from jaxrec.backbones.layers import (
+    ACTIVATIONS,
+    PEFT_KEEP_PATTERNS,
+    check_peft_fields,
+    grouped_attention,
+    houlsby,
+    projection,
+)
 from jaxrec.peft.lora import LoRADense
 
 Array = Any
@@ -73,6 +78,7 @@ __all__ = [
     "LlamaOutput",
     "load_llama",
     "hf_param_mapping",
+    "llama_param_mapping",
     "position_ids_from_mask",
     "PROJECTIONS",
 ]
@@ -82,16 +88,6 @@ __all__ = [
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 PROJECTIONS = ATTN_PROJECTIONS + MLP_PROJECTIONS
-
-_ACTIVATIONS = {
-    "silu": nn.silu,
-    "swish": nn.silu,
-    # HF's "gelu_pytorch_tanh" / "gelu_new" / "gelu_fast" are all the tanh approximation.
-    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
-    "gelu_new": lambda x: nn.gelu(x, approximate=True),
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-}
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "gemma")
 
@@ -181,6 +177,8 @@ class LlamaConfig:
                     f"({self.num_heads}); set head_dim explicitly"
                 )
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        # PEFT fields before tuple(): a string lora_targets is reported as such, not as letters.
+        check_peft_fields(self, PROJECTIONS)
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                      "num_kv_heads", "head_dim", "max_position_embeddings"):
@@ -193,23 +191,18 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
-        if self.hidden_act not in _ACTIVATIONS:
+        if self.hidden_act not in ACTIVATIONS:
             raise ValueError(
                 f"LlamaConfig.hidden_act {self.hidden_act!r} is not supported; use one of "
-                f"{sorted(_ACTIVATIONS)}"
+                f"{sorted(ACTIVATIONS)}"
             )
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ValueError(f"LlamaConfig.sliding_window must be None or > 0, got {self.sliding_window}")
-        unknown = [t for t in self.lora_targets if t not in PROJECTIONS]
-        if unknown:
-            raise ValueError(
-                f"LlamaConfig.lora_targets names unknown projections {unknown}; valid: {list(PROJECTIONS)}"
-            )
-        if self.lora_rank < 0 or self.adapter_size < 0:
-            raise ValueError(
-                f"LlamaConfig.lora_rank ({self.lora_rank}) and adapter_size ({self.adapter_size}) "
-                "must be >= 0"
-            )
+
+    @property
+    def compute_dtype(self):
+        """The computation dtype as a ``jnp.dtype`` (what :mod:`jaxrec.backbones.layers` reads)."""
+        return jnp.dtype(self.dtype)
 
     @property
     def num_kv_groups(self) -> int:
@@ -382,17 +375,8 @@ class RMSNorm(nn.Module):
 
 def _dense(cfg: LlamaConfig, features: int, name: str, use_bias: bool) -> LoRADense:
     """A projection that carries LoRA iff its name is in ``cfg.lora_targets``."""
-    return LoRADense(
-        features,
-        use_bias=use_bias,
-        rank=cfg.lora_rank if name in cfg.lora_targets else 0,
-        alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        kernel_init=nn.initializers.normal(cfg.initializer_range),
-        name=name,
-    )
+    return projection(cfg, name, features, use_bias=use_bias, init_std=cfg.initializer_range,
+                      param_dtype=cfg.param_dtype)
 
 
 class LlamaAttention(nn.Module):
@@ -422,17 +406,9 @@ class LlamaAttention(nn.Module):
         val = _dense(cfg, k * hd, "v_proj", bias)(x, deterministic).reshape(b, t, k, hd)
         q = apply_rope(q, positions, cfg.rope_theta)
         key = apply_rope(key, positions, cfg.rope_theta)
-        # GQA without materialising repeated K/V: query head n = kv_head * G + group, which is
-        # the order HF's jnp.repeat(key, G, axis=2) pairs them in.
-        q = q.reshape(b, t, k, g, hd)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, key, preferred_element_type=jnp.float32)
-        scores = scores * (1.0 / math.sqrt(hd))
-        # Masked scores -> float32 min (not -inf): a query with no visible key then attends
-        # uniformly instead of producing NaN, exactly as HF's additive finfo.min bias does.
-        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(val.dtype), val)
+        # GQA without materialising repeated K/V: query head n = kv_head * G + group.
+        out = grouped_attention(q.reshape(b, t, k, g, hd), key, val, allowed,
+                                nn.Dropout(cfg.attention_dropout), deterministic)
         out = out.reshape(b, t, h * hd)
         return _dense(cfg, cfg.hidden_size, "o_proj", bias)(out, deterministic)
 
@@ -450,7 +426,7 @@ class LlamaMLP(nn.Module):
         gate = _dense(cfg, f, "gate_proj", bias)(x, deterministic)
         up = _dense(cfg, f, "up_proj", bias)(x, deterministic)
         return _dense(cfg, cfg.hidden_size, "down_proj", bias)(
-            _ACTIVATIONS[cfg.hidden_act](gate) * up, deterministic
+            ACTIVATIONS[cfg.hidden_act](gate) * up, deterministic
         )
 
 
@@ -473,18 +449,10 @@ class LlamaDecoderLayer(nn.Module):
         def norm(name):
             return RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, cfg.dtype, cfg.param_dtype, name=name)
 
-        def adapter(name):
-            return HoulsbyAdapter(cfg.adapter_size, cfg.adapter_activation, cfg.dtype,
-                                  cfg.param_dtype, name=name)
-
         a = LlamaAttention(cfg, name="self_attn")(norm("input_layernorm")(x), allowed, positions, deterministic)
-        if cfg.adapter_size:
-            a = adapter("adapter_attn")(a)
-        x = x + a
+        x = x + houlsby(cfg, "adapter_attn", a, cfg.param_dtype)
         m = LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x), deterministic)
-        if cfg.adapter_size:
-            m = adapter("adapter_ffn")(m)
-        return x + m
+        return x + houlsby(cfg, "adapter_ffn", m, cfg.param_dtype)
 
 
 @flax.struct.dataclass
@@ -646,7 +614,6 @@ def hf_param_mapping(cfg: LlamaConfig, prefix: str = "model.") -> dict[tuple[str
       ``{path tuple: (tensor name, transform or None)}`` for :func:`hf.assign_params`. LoRA and
       adapter parameters are absent: they come from the template (``keep``).
     """
-    lin = hf.linear_kernel
     m: dict[tuple[str, ...], tuple[str, Any]] = {
         ("embed_tokens", "embedding"): (f"{prefix}embed_tokens.weight", None),
         ("norm", "weight"): (f"{prefix}norm.weight", None),
@@ -658,16 +625,26 @@ def hf_param_mapping(cfg: LlamaConfig, prefix: str = "model.") -> dict[tuple[str
         for block, names, bias in (("self_attn", ATTN_PROJECTIONS, cfg.attention_bias),
                                    ("mlp", MLP_PROJECTIONS, cfg.mlp_bias)):
             for p in names:
-                m[(ours, block, p, "kernel")] = (f"{theirs}.{block}.{p}.weight", lin)
-                if bias:
-                    m[(ours, block, p, "bias")] = (f"{theirs}.{block}.{p}.bias", None)
+                m.update(hf.dense_entries((ours, block, p), f"{theirs}.{block}.{p}", bias))
     if cfg.with_lm_head and not cfg.tie_word_embeddings:
-        m[("lm_head", "kernel")] = ("lm_head.weight", lin)
+        m.update(hf.dense_entries(("lm_head",), "lm_head", bias=False))
     return m
 
 
-# Parameters that no HF checkpoint holds; loading keeps their fresh initial values.
-PEFT_KEEP = (r"(^|/)lora_[ab]$", r"(^|/)adapter_")
+def llama_param_mapping(cfg: LlamaConfig, tensor_names: Sequence[str]) -> tuple[dict, tuple[str, ...]]:
+    """:func:`hf_param_mapping` for the checkpoint at hand, plus the tensors it may leave unused.
+
+    The ``model.`` prefix is detected from ``tensor_names``. Ignorable: legacy
+    ``rotary_emb.inv_freq`` buffers, and ``lm_head.weight`` when the head is tied or dropped.
+
+    Returns:
+      ``(mapping, ignorable)`` for :func:`jaxrec.backbones.hf.assign_params`.
+    """
+    prefix = hf.find_prefix(tensor_names, "embed_tokens.weight", ("model.",))
+    ignorable = (r"rotary_emb\.inv_freq$",)
+    if not cfg.with_lm_head or cfg.tie_word_embeddings:
+        ignorable += (r"^lm_head\.weight$",)
+    return hf_param_mapping(cfg, prefix), ignorable
 
 
 def load_llama(
@@ -675,8 +652,8 @@ def load_llama(
     *,
     rng: jax.Array | None = None,
     **overrides: Any,
-) -> tuple[LlamaModel, dict]:
-    """Builds a :class:`LlamaModel` from a Hugging Face checkpoint directory.
+) -> hf.LoadedBackbone:
+    """Loads a Llama / Mistral / Gemma Hugging Face checkpoint directory.
 
     Reads ``config.json`` (``model_type`` llama / mistral / gemma) and PyTorch-layout
     safetensors (single file or sharded), with or without the ``model.`` prefix. ``lm_head.weight``
@@ -690,42 +667,16 @@ def load_llama(
       **overrides: :class:`LlamaConfig` fields, e.g. ``dtype=jnp.bfloat16, lora_rank=8``.
 
     Returns:
-      ``(model, params)`` with ``params`` the ``'params'`` collection (jax arrays in
-      ``param_dtype``), ready for ``model.apply({'params': params}, ids, mask)``.
+      :class:`jaxrec.backbones.hf.LoadedBackbone` ``(config, params)`` — the same shape as
+      ``load_bert`` / ``load_vit`` — with ``params`` the ``'params'`` collection (jax arrays in
+      ``param_dtype``), ready for ``LlamaModel(config).apply({'params': params}, ids, mask)``.
+      Only the PEFT leaves are initialised: under jit, XLA drops the random init of the
+      (possibly billions of) pretrained weights.
 
     Raises:
       hf.CheckpointError: missing / unexpected / mis-shaped tensors, all listed at once.
       ValueError: unsupported ``model_type`` or bad config fields.
     """
     cfg = LlamaConfig.from_hf(hf.read_config(ckpt_dir), **overrides)
-    model = LlamaModel(cfg)
-    rng = jax.random.key(0) if rng is None else rng
-    dummy = jnp.zeros((1, 1), jnp.int32)
-    abstract = jax.eval_shape(model.init, rng, dummy)["params"]
-
-    flat_abstract = traverse_util.flatten_dict(abstract)
-    keep_paths = [p for p in flat_abstract if any(re.search(k, hf.path_str(p)) for k in PEFT_KEEP)]
-    template = dict(flat_abstract)
-    if keep_paths:
-        # Initialise only the PEFT leaves: under jit, XLA drops the unused random init of the
-        # (possibly billions of) pretrained weights.
-        @jax.jit
-        def init_peft(key):
-            flat = traverse_util.flatten_dict(model.init(key, dummy)["params"])
-            return {"/".join(p): flat[p] for p in keep_paths}
-
-        fresh = init_peft(rng)
-        for p in keep_paths:
-            template[p] = np.asarray(fresh["/".join(p)])
-    template = traverse_util.unflatten_dict(template)
-
-    names = hf.safetensors_names(ckpt_dir)
-    prefix = "model." if any(n.startswith("model.") for n in names) else ""
-    ignorable = [r"rotary_emb\.inv_freq$"]
-    if not cfg.with_lm_head or cfg.tie_word_embeddings:
-        ignorable.append(r"^lm_head\.weight$")
-    tensors = hf.read_safetensors(ckpt_dir)
-    flat = hf.assign_params(template, hf_param_mapping(cfg, prefix), tensors, ckpt_dir,
-                            ignorable=ignorable, keep=PEFT_KEEP)
-    params = jax.tree.map(jnp.asarray, flat)
-    return model, params
+    return hf.load_backbone(ckpt_dir, cfg, LlamaModel(cfg), (jnp.zeros((1, 1), jnp.int32),), llama_param_mapping,
+                            keep=PEFT_KEEP_PATTERNS, rng=rng)

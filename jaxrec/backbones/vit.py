@@ -37,15 +37,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxrec.backbones import hf
-from jaxrec.backbones.bert import (
+from jaxrec.backbones.layers import (
     ACTIVATIONS,
     PEFT_KEEP_PATTERNS,
-    PROJECTIONS,
     EncoderConfigChecks,
+    houlsby,
     multi_head_attention,
     projection,
 )
-from jaxrec.peft.adapters import HoulsbyAdapter
 
 Array = Any
 
@@ -101,7 +100,7 @@ class ViTConfig(EncoderConfigChecks):
             raise ValueError(
                 f"ViTConfig.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
             )
-        self.check_common(PROJECTIONS)
+        self.check_common()
 
     @property
     def num_patches(self) -> int:
@@ -136,23 +135,12 @@ class ViTConfig(EncoderConfigChecks):
         model_type = hf_config.get("model_type", "vit")
         if model_type != "vit":
             raise ValueError(f"config.json model_type {model_type!r} is not 'vit'")
-        required = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-        absent = [k for k in required if k not in hf_config]
-        if absent:
-            raise ValueError(f"config.json lacks fields {absent}")
-        fields = dict(
+        fields = cls.encoder_fields_from_hf(hf_config, dropout=0.0)
+        fields.update(
             image_size=hf_config.get("image_size", 224),
             patch_size=hf_config.get("patch_size", 16),
             num_channels=hf_config.get("num_channels", 3),
-            hidden_size=hf_config["hidden_size"],
-            num_layers=hf_config["num_hidden_layers"],
-            num_heads=hf_config["num_attention_heads"],
-            intermediate_size=hf_config["intermediate_size"],
-            layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
-            hidden_act=hf_config.get("hidden_act", "gelu"),
             qkv_bias=hf_config.get("qkv_bias", True),
-            hidden_dropout=hf_config.get("hidden_dropout_prob", 0.0),
-            attention_dropout=hf_config.get("attention_probs_dropout_prob", 0.0),
         )
         fields.update(overrides)
         return cls(**fields)
@@ -221,17 +209,13 @@ class ViTLayer(nn.Module):
         k = projection(cfg, "key", d, use_bias=cfg.qkv_bias)(y, deterministic=deterministic)
         v = projection(cfg, "value", d, use_bias=cfg.qkv_bias)(y, deterministic=deterministic)
         a = multi_head_attention(q, k, v, None, cfg.num_heads, nn.Dropout(cfg.attention_dropout), deterministic)
-        a = projection(cfg, "attn_out", d)(a, deterministic=deterministic)
-        if cfg.adapter_size > 0:
-            a = HoulsbyAdapter(cfg.adapter_size, cfg.adapter_activation, dtype=dt, name="adapter_attn")(a)
+        a = houlsby(cfg, "adapter_attn", projection(cfg, "attn_out", d)(a, deterministic=deterministic))
         h = x + nn.Dropout(cfg.hidden_dropout)(a, deterministic=deterministic)
 
         y = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dt, name="ffn_norm")(h)
         f = projection(cfg, "ffn_in", cfg.intermediate_size)(y, deterministic=deterministic)
         f = ACTIVATIONS[cfg.hidden_act](f)
-        f = projection(cfg, "ffn_out", d)(f, deterministic=deterministic)
-        if cfg.adapter_size > 0:
-            f = HoulsbyAdapter(cfg.adapter_size, cfg.adapter_activation, dtype=dt, name="adapter_ffn")(f)
+        f = houlsby(cfg, "adapter_ffn", projection(cfg, "ffn_out", d)(f, deterministic=deterministic))
         return h + nn.Dropout(cfg.hidden_dropout)(f, deterministic=deterministic)
 
 
@@ -292,16 +276,7 @@ def vit_param_mapping(config: ViTConfig, tensor_names: Sequence[str]) -> tuple[d
     """
     names = set(tensor_names)
     p = hf.find_prefix(names, "embeddings.cls_token", ("vit.",))
-    lin = hf.linear_kernel
-
-    def ln(ours: tuple, theirs: str):
-        return {ours + ("scale",): (f"{theirs}.weight", None), ours + ("bias",): (f"{theirs}.bias", None)}
-
-    def dense(ours: tuple, theirs: str, bias: bool = True):
-        m = {ours + ("kernel",): (f"{theirs}.weight", lin)}
-        if bias:
-            m[ours + ("bias",)] = (f"{theirs}.bias", None)
-        return m
+    ln, dense = hf.layer_norm_entries, hf.dense_entries
 
     e = ("embeddings",)
     m: dict = {
@@ -323,37 +298,36 @@ def vit_param_mapping(config: ViTConfig, tensor_names: Sequence[str]) -> tuple[d
     return m, VIT_IGNORABLE
 
 
+def example_inputs(config: ViTConfig) -> tuple[Array]:
+    """``(pixel_values [1, H, W, C],)`` zeros that ``ViTEncoder.init`` traces."""
+    return (jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32),)
+
+
 def init_params(config: ViTConfig, rng: jax.Array | None = None, abstract: bool = False):
     """Initial parameters of :class:`ViTEncoder` (``jax.eval_shape`` when ``abstract``)."""
-    model = ViTEncoder(config)
-    x = jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32)
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-    fn = lambda r: model.init(r, x)["params"]
-    return jax.eval_shape(fn, rng) if abstract else jax.jit(fn)(rng)
+    return hf.template_params(ViTEncoder(config), example_inputs(config), rng, concrete=not abstract)
 
 
 def load_vit(
     ckpt_dir: str, dtype: Any = "float32", rng: jax.Array | None = None, **overrides
-) -> tuple[ViTConfig, dict]:
+) -> hf.LoadedBackbone:
     """Loads a ViT Hugging Face checkpoint (config.json + safetensors).
 
     Args:
       ckpt_dir: directory with ``config.json`` and ``model.safetensors`` (or shards + index).
       dtype: computation dtype of the returned config; parameters are float32 regardless.
-      rng: initialises PEFT parameters absent from the checkpoint (default ``PRNGKey(0)``).
+      rng: initialises PEFT parameters absent from the checkpoint (default ``jax.random.key(0)``).
       **overrides: any :class:`ViTConfig` field (``lora_rank=8``, ``adapter_size=64``, ...).
 
     Returns:
-      ``(config, params)`` for ``ViTEncoder(config).apply({'params': params}, pixel_values)``.
+      :class:`jaxrec.backbones.hf.LoadedBackbone` ``(config, params)`` — the same shape as
+      ``load_bert`` / ``load_llama`` — for ``ViTEncoder(config).apply({'params': params},
+      pixel_values)``. Only the PEFT leaves are initialised, as in ``load_bert``.
 
     Raises:
       CheckpointError: unreadable files, or a checkpoint that does not fit (one message that
         lists every missing, unexpected and mis-shaped tensor).
     """
     config = ViTConfig.from_hf(hf.read_config(ckpt_dir), dtype=dtype, **overrides)
-    tensors = hf.read_safetensors(ckpt_dir)
-    mapping, ignorable = vit_param_mapping(config, list(tensors))
-    peft = config.lora_rank > 0 or config.adapter_size > 0
-    template = init_params(config, rng, abstract=not peft)
-    params = hf.assign_params(template, mapping, tensors, ckpt_dir, ignorable=ignorable, keep=PEFT_KEEP_PATTERNS)
-    return config, jax.device_put(params)
+    return hf.load_backbone(ckpt_dir, config, ViTEncoder(config), example_inputs(config), vit_param_mapping,
+                            keep=PEFT_KEEP_PATTERNS, rng=rng)

@@ -234,3 +234,29 @@ def test_assign_params_generic_contract(tmp_path):
         hf.assign_params(template, {**mapping, ("dense", "kernel"): ("c.weight", hf.linear_kernel)},
                          tensors, tmp_path, keep=[r"lora_a$"], ignorable=[r"^lin\."])
     assert e.value.mismatched == [("c.weight", (2, 3), (2, 3, 4, 5))]
+
+
+def test_peft_only_template_and_loaded_backbone_shape(bert_ckpt):
+    """Loaders initialise only the PEFT leaves (the pretrained ones stay abstract until read),
+    with exactly the values a full init gives, and return LoadedBackbone(config, params)."""
+    from jaxrec.backbones.bert import BertEncoder, example_inputs, init_params
+    from jaxrec.backbones.layers import PEFT_KEEP_PATTERNS
+
+    d, _, _ = bert_ckpt
+    loaded = load_bert(d, lora_rank=2, adapter_size=3, rng=jax.random.PRNGKey(4))
+    assert isinstance(loaded, hf.LoadedBackbone) and loaded._fields == ("config", "params")
+    cfg, params = loaded
+    assert cfg is loaded.config and (cfg.lora_rank, cfg.adapter_size) == (2, 3)
+
+    rng = jax.random.PRNGKey(4)
+    template = hf.template_params(BertEncoder(cfg), example_inputs(cfg), rng, concrete=PEFT_KEEP_PATTERNS)
+    full = init_params(cfg, rng)
+    flat_t, flat_full = (dict(jax.tree_util.tree_leaves_with_path(t)) for t in (template, full))
+    fresh = {p for p, v in flat_t.items() if not isinstance(v, jax.ShapeDtypeStruct)}
+    # per layer: lora_a/b on query and value (4) + two adapters of 4 leaves each (8)
+    assert len(fresh) == 2 * (4 + 8)
+    assert all(re.search(r"lora_[ab]|adapter_(attn|ffn)", jax.tree_util.keystr(p)) for p in fresh)
+    flat_loaded = dict(jax.tree_util.tree_leaves_with_path(params))
+    for p in fresh:
+        np.testing.assert_array_equal(np.asarray(flat_t[p]), np.asarray(flat_full[p]))
+        np.testing.assert_array_equal(np.asarray(flat_loaded[p]), np.asarray(flat_full[p]))

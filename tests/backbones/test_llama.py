@@ -94,7 +94,8 @@ def build(tmp_path_factory):
         ckpt = tmp_path_factory.mktemp(kind)
         hf_params, tensors = _write_checkpoint(hf_model, hf_cfg, ckpt, seed=len(kind))
         overrides = {"sliding_window": 3} if kind == "mistral" else {}
-        model, params = load_llama(str(ckpt), **overrides)
+        cfg, params = load_llama(str(ckpt), **overrides)
+        model = LlamaModel(cfg)
         apply = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask))
         cache[kind] = dict(kind=kind, hf_model=hf_model, hf_params=hf_params, tensors=tensors,
                            ckpt=ckpt, model=model, params=params, apply=apply, overrides=overrides)
@@ -178,9 +179,9 @@ def test_sliding_window_semantics(build):
 
 
 def test_bfloat16_forward(variant):
-    model, params = load_llama(str(variant["ckpt"]), dtype=jnp.bfloat16, **variant["overrides"])
+    cfg, params = load_llama(str(variant["ckpt"]), dtype=jnp.bfloat16, **variant["overrides"])
     ids, mask = _batch()
-    logits, last, hidden = jax.jit(lambda p: model.apply({"params": p}, ids, mask))(params)
+    logits, last, hidden = jax.jit(lambda p: LlamaModel(cfg).apply({"params": p}, ids, mask))(params)
     assert logits.dtype == jnp.bfloat16 and last.dtype == jnp.bfloat16
     assert all(h.dtype == jnp.bfloat16 for h in hidden)
     assert jax.tree.leaves(params)[0].dtype == jnp.float32  # parameters stay float32
@@ -219,7 +220,7 @@ def test_return_logits_false_and_headless_model(llama, tmp_path):
     # with_lm_head=False: no lm_head parameters, and the stored lm_head.weight is ignored.
     headless, hp = load_llama(str(variant["ckpt"]), with_lm_head=False)
     assert "lm_head" not in hp
-    out = headless.apply({"params": hp}, ids, mask)
+    out = LlamaModel(headless).apply({"params": hp}, ids, mask)
     assert out.logits is None
     np.testing.assert_allclose(np.asarray(out.last_hidden), np.asarray(last), **TOL)
 
@@ -279,9 +280,9 @@ def test_bare_model_checkpoint_without_prefix(tmp_path, llama):
     tensors = {k[len("model."):]: v for k, v in variant["tensors"].items() if k.startswith("model.")}
     save_file(tensors, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text((variant["ckpt"] / "config.json").read_text())
-    model, params = load_llama(str(tmp_path), with_lm_head=False)
+    cfg, params = load_llama(str(tmp_path), with_lm_head=False)
     ids, mask = _batch()
-    out = model.apply({"params": params}, ids, mask)
+    out = LlamaModel(cfg).apply({"params": params}, ids, mask)
     _, ref_last, _ = variant["apply"](variant["params"], ids, mask)
     # Eager vs jitted execution may differ in the last float bit.
     np.testing.assert_allclose(np.asarray(out.last_hidden), np.asarray(ref_last), rtol=1e-6, atol=1e-6)
@@ -289,7 +290,8 @@ def test_bare_model_checkpoint_without_prefix(tmp_path, llama):
 
 def test_peft_params_survive_loading(llama):
     variant = llama
-    model, params = load_llama(str(variant["ckpt"]), lora_rank=4, adapter_size=8)
+    cfg, params = load_llama(str(variant["ckpt"]), lora_rank=4, adapter_size=8)
+    assert isinstance(cfg, LlamaConfig) and (cfg.lora_rank, cfg.adapter_size) == (4, 8)
     layer = params["layers_0"]
     assert layer["self_attn"]["q_proj"]["lora_a"].shape == (32, 4)
     assert float(jnp.abs(layer["self_attn"]["q_proj"]["lora_a"]).max()) > 0  # random, not zeros
