@@ -333,12 +333,13 @@ def test_sqn_resume_across_an_epoch_boundary_is_bit_equal(tmp_path, tiny):
 
 
 # ------------------------------------------------------------------ configs vs specs
+@pytest.mark.parametrize("cfg", ["sqn.py", "supervised.py"])
 @pytest.mark.parametrize("dataset,lr", [("retailrocket", 0.005), ("yoochoose", 0.01)])
-def test_sqn_config_values_pinned_to_rl_spec(dataset, lr):
+def test_rl_config_values_pinned_to_rl_spec(cfg, dataset, lr):
     """rl.md §3-4: Adam lr 0.005 (RetailRocket) / 0.01 (RC15), γ 0.5, rewards 0.2 / 1.0,
     batch 256, 30 epochs, validation every 2,000 steps, state of the last 10 items, φ_s
     ranks, purchase NDCG@10 selects."""
-    c = get_config("sqn.py", f"dataset={dataset}")
+    c = get_config(cfg, f"dataset={dataset}")
     assert c.optim.lr == lr and c.rl.gamma == 0.5
     assert (c.data.r_click, c.data.r_buy) == (0.2, 1.0)
     assert c.train.batch_size == 256 and c.train.num_epochs == 30
@@ -347,7 +348,17 @@ def test_sqn_config_values_pinned_to_rl_spec(dataset, lr):
     assert c.eval.select_metric == "purchase/ndcg@10" and tuple(c.eval.ks) == (5, 10, 20)
     assert c.eval.exclude_history is False and c.eval.ties == "reference"
     assert c.model.dropout is None                     # encoder default
-    assert get_config("sqn.py", f"dataset={dataset},encoder=caser").model.dropout == 0.0
+    caser = get_config(cfg, f"dataset={dataset},encoder=caser").model.dropout
+    assert caser == (0.0 if cfg == "sqn.py" else None)     # None: Caser's default, 0.0
+
+
+def test_popularity_and_loo_config_values():
+    pop = get_config("popularity.py", "dataset=retailrocket")
+    assert pop.train.num_epochs == 1 and pop.train.eval_every == 0
+    loo = get_config("supervised.py", "dataset=ml100k_recbole")
+    assert loo.data.kind == "sequence" and loo.data.padding == "left"
+    assert loo.eval.select_metric == "all/ndcg@10" and loo.eval.exclude_history is False
+    assert loo.data.loo_train == "windows" and loo.model.tie_head is False
 
 
 def test_method_defaults_layer_pinned_to_rl_spec():
