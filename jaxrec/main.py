@@ -40,5 +40,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app
-    app.run(main)
+    from jaxrec import cli
+    cli.run(main)

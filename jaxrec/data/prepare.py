@@ -96,6 +96,11 @@ def read_raw(name: str, raw_dir: Optional[str], options: dict) -> EventLog:
             raise ValueError(f"synthetic: unknown preset {preset!r} "
                              "(use 'tiny', 'small' or 'large')")
         overrides = {k: v for k, v in options.items() if k not in ("preset",) + _SPLIT_KEYS}
+        known = {f.name for f in dataclasses.fields(cfg)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"synthetic: unknown option(s) {', '.join(map(repr, unknown))}; "
+                             f"accepted: preset, {', '.join(sorted(known))}")
         cfg = dataclasses.replace(cfg, **overrides)
         return synthetic.generate(cfg)
     from jaxrec.data import readers
@@ -105,7 +110,7 @@ def read_raw(name: str, raw_dir: Optional[str], options: dict) -> EventLog:
         raise ValueError(f"dataset {name!r} needs --raw_dir: the directory holding "
                          f"{readers.EXPECTED_FILES.get(name, 'its raw files')}")
     kwargs = {k: v for k, v in options.items() if k not in _SPLIT_KEYS}
-    return readers.READERS[name](raw_dir, **kwargs)
+    return readers.read(name, raw_dir, **kwargs)
 
 
 _SPLIT_KEYS = ("split_seed", "split_fractions")

@@ -6,15 +6,21 @@
 
 Columns follow the SNQN/SA2C paper's dataset table (rl.md §1.5): sessions (or users), items,
 interactions, clicks, purchases; plus the per-split session counts.
+
+A bad dataset name, raw directory, reader option or raw file prints one ``error:`` line
+naming the file, line and field, and exits with status 2 (``--debug`` shows the traceback;
+see :mod:`jaxrec.cli`).
 """
 
 from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
+from jaxrec import cli
 from jaxrec.data import prepare as prep
+from jaxrec.data import readers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "synthetic", list(prep.DATASETS), "Dataset name.")
@@ -62,10 +68,12 @@ def dataset_table(ds) -> str:
 def main(argv):
     del argv
     raw = os.path.expanduser(FLAGS.raw_dir) if FLAGS.raw_dir else None
-    ds = prep.load(FLAGS.dataset, raw_dir=raw, data_dir=FLAGS.data_dir,
-                   **parse_options(FLAGS.option))
+    options = parse_options(FLAGS.option)
+    if FLAGS.dataset in readers.READERS:  # a typo is an error naming the accepted options
+        readers.check_options(FLAGS.dataset, [k for k in options if k not in prep._SPLIT_KEYS])
+    ds = prep.load(FLAGS.dataset, raw_dir=raw, data_dir=FLAGS.data_dir, **options)
     print(dataset_table(ds))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -393,6 +393,56 @@ def test_movielens_1m(tmp_path):
     _raises(lambda: readers.read_movielens_1m(d), "missing file 'movies.dat'", str(d))
 
 
+@pytest.mark.parametrize("fmt,fname,line,fields", [
+    ("movielens_100k", "u.data", 4, ["2", "5", "{r}", "880000500"]),
+    ("movielens_1m", "ratings.dat", 2, ["1", "10", "{r}", "978300760"]),
+])
+def test_movielens_rating_outside_scale(tmp_path, fmt, fname, line, fields):
+    """Ratings are whole stars 1-5 (both READMEs); anything else names file, line, field."""
+    read = readers.READERS[fmt]
+    d = _copy(fmt, tmp_path)
+    f = d / fname
+    sep = "\t" if fname == "u.data" else "::"
+    good = f.read_bytes()
+    for bad in ("6", "0", "-1", "3.5", "10"):
+        f.write_bytes(good)
+        _edit_line(f, line, sep.join(fields).format(r=bad))
+        err = _raises(lambda: read(d), fname, "field 3 (rating)",
+                      "expected an integer rating from 1 to 5", f"got {bad!r}", line=line)
+        assert err.path == str(f)
+    # The scale is a reader option: (low, high), 'low,high' (as --option passes it) or None.
+    f.write_bytes(good)
+    _edit_line(f, line, sep.join(fields).format(r="7"))
+    assert read(d, rating_scale=(1, 10)).rating.max() == 7
+    assert read(d, rating_scale="0,10").rating.max() == 7
+    assert read(d, rating_scale=None).rating.max() == 7
+    _raises(lambda: read(d, rating_scale=(0, 6)), "expected an integer rating from 0 to 6",
+            "got '7'", line=line)
+    for bad_scale in ((5, 1), "1-5", (1,), ("a", 5), (0, float("inf"))):
+        with pytest.raises(ValueError, match="option rating_scale=.*expected two finite"):
+            read(d, rating_scale=bad_scale)
+
+
+def test_tabular_bounds_fast_path_and_scan_agree(tmp_path):
+    """A bounded float field: good files pass the vectorised check, and the line scan
+    blames the same (first) out-of-range line that the vectorised check rejects."""
+    from jaxrec.data.readers import _tabular as tab
+    spec = tab.TableSpec(fields=(tab.Field("id", tab.INT),
+                                 tab.Field("x", tab.FLOAT, bounds=(0.5, 5))), delimiter=",")
+    f = tmp_path / "t.csv"
+    f.write_text("1,0.5\n2, 5 \n3,2.25\n")
+    np.testing.assert_allclose(tab.to_numpy(tab.read_table(str(f), spec), "x"),
+                               [0.5, 5, 2.25])
+    for bad_line, value in ((2, "nan"), (3, "5.01"), (1, "0.49"), (2, "-inf")):
+        rows = ["1,0.5", "2,5", "3,2.25"]
+        rows[bad_line - 1] = f"{bad_line},{value}"
+        f.write_text("\n".join(rows) + "\n")
+        _raises(lambda: tab.read_table(str(f), spec), "field 2 (x)",
+                "expected a number from 0.5 to 5", repr(value), line=bad_line)
+    with pytest.raises(ValueError, match="bounds need kind int or float"):
+        tab.Field("s", tab.STR, bounds=(0, 1))
+
+
 # ----------------------------------------------------------------------------- RecBole
 def test_recbole_toy(caplog):
     with caplog.at_level(logging.WARNING, logger="jaxrec.data.readers.recbole"):
@@ -465,6 +515,24 @@ def test_recbole_malformed(tmp_path):
     (d / "a.inter").write_text("user_id:token\titem_id:token\nu\ti\n")
     (d / "b.inter").write_text("user_id:token\titem_id:token\nu\ti\n")
     _raises(lambda: readers.read_recbole(d), "2 *.inter files", "pass name=")
+
+
+def test_recbole_rating_scale(tmp_path):
+    """ML-100K/ML-1M under RecBole's names get the 1-5 scale; other names only on request."""
+    header = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+    (tmp_path / "ml-100k.inter").write_text(header + "1\t10\t4\t1\n1\t11\t5\t2\n"
+                                            "2\t10\t6\t3\n")
+    _raises(lambda: readers.read_recbole(tmp_path), "ml-100k.inter", "field 3 (rating)",
+            "expected a rating from 1 to 5", "got '6'", line=4)
+    assert readers.read_recbole(tmp_path, rating_scale=None).rating.max() == 6
+    assert readers.read_recbole(tmp_path, rating_scale="1,6").num_events == 3
+    # The toy dataset (half stars, unknown name) is unchecked unless a scale is given.
+    d = _copy("recbole/toy", tmp_path)
+    assert readers.read_recbole(d).rating.max() == 5
+    _raises(lambda: readers.read_recbole(d, rating_scale=(1, 4)), "toy.inter",
+            "field 3 (rating)", "from 1 to 4", "got '4.5'", line=2)
+    with pytest.raises(ValueError, match="rating_scale"):
+        readers.read_recbole(d, rating_scale="high")
 
 
 def test_recbole_ml100k_from_the_recbole_wheel():

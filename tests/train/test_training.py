@@ -203,7 +203,39 @@ def test_main_entry_point_with_overrides(tmp_path):
     res = json.load(open(tmp_path / "results.json"))
     saved = json.load(open(tmp_path / "config.json"))
     assert res["steps_done"] == 3 and saved["rl"]["gamma"] == 0.3
-    with pytest.raises(subprocess.CalledProcessError):
-        subprocess.run([sys.executable, "-m", "jaxrec.main",
-                        "--config=configs/sqn.py:encoder=bogus", f"--workdir={tmp_path}/x"],
-                       capture_output=True, check=True, timeout=600, cwd=ROOT)
+
+
+def _main_error(args, tmp_path):
+    """Runs jaxrec.main expecting a user error: exit 2, one 'error:' line, no traceback."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "jaxrec.main", f"--workdir={tmp_path}/run",
+                          *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert out.returncode == 2 and len(errors) == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    return errors[0]
+
+
+def test_main_errors_are_one_line_with_status_2(tmp_path):
+    line = _main_error(["--config=configs/sqn.py:encoder=bogus"], tmp_path)
+    assert "configs/sqn.py" in line and "bogus" in line
+    line = _main_error(["--config=configs/sqn.py:smoke", "--config.train.nope=1"], tmp_path)
+    assert "train.nope" in line
+    # A data error: a RetailRocket file with a malformed line, named with its line number.
+    raw = tmp_path / "rr"
+    raw.mkdir()
+    good = open(os.path.join(ROOT, "tests/data/raw/retailrocket/events.csv")).read().splitlines()
+    (raw / "events.csv").write_text("\n".join(good[:3] + ["123,not-a-visitor,view,7,"]
+                                              + good[3:]) + "\n")
+    line = _main_error([f"--config=configs/sqn.py:dataset=retailrocket,raw_dir={raw},smoke",
+                        f"--config.dataset.data_dir={tmp_path}/data"], tmp_path)
+    assert "events.csv:4" in line, line
+    # A checkpoint written by another config is named, not a traceback.
+    ok = ["--config=configs/sqn.py:encoder=gru4rec,smoke", "--config.train.num_steps=2"]
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-m", "jaxrec.main", f"--workdir={tmp_path}/run", *ok],
+                   capture_output=True, check=True, timeout=600, cwd=ROOT)
+    line = _main_error(ok + ["--config.model.embed_dim=32"], tmp_path)
+    assert "checkpoint" in line and f"{tmp_path}/run" in line

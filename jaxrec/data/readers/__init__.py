@@ -20,6 +20,7 @@ locate the bad line (see ``_tabular``).
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from jaxrec.data.events import DataFormatError, EventLog
@@ -58,13 +59,25 @@ EXPECTED_FILES: dict[str, FileList] = {
 }
 
 
+def check_options(name: str, options) -> None:
+    """Raises ValueError naming the accepted options if reader ``name`` does not take one of
+    ``options`` (names), instead of the reader call's TypeError."""
+    params = list(inspect.signature(READERS[name]).parameters)[1:]  # after raw_dir
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        raise ValueError(f"{name}: unknown reader option(s) {', '.join(map(repr, unknown))}; "
+                         f"accepted: {', '.join(params) or 'none'}")
+
+
 def read(name: str, raw_dir, **options) -> EventLog:
-    """``READERS[name](raw_dir, **options)`` with an error naming the known readers."""
+    """``READERS[name](raw_dir, **options)`` with errors naming the known readers and
+    options."""
     if name not in READERS:
         raise KeyError(f"unknown raw format {name!r}; known: {', '.join(READERS)}")
+    check_options(name, options)
     return READERS[name](raw_dir, **options)
 
 
-__all__ = ["READERS", "EXPECTED_FILES", "FileList", "read", "read_retailrocket",
-           "read_yoochoose", "read_movielens_100k", "read_movielens_1m", "read_recbole",
-           "sample_sessions", "ML100K_GENRES", "DataFormatError"]
+__all__ = ["READERS", "EXPECTED_FILES", "FileList", "read", "check_options",
+           "read_retailrocket", "read_yoochoose", "read_movielens_100k", "read_movielens_1m",
+           "read_recbole", "sample_sessions", "ML100K_GENRES", "DataFormatError"]

@@ -66,6 +66,8 @@ class Field:
       choices: for ``str``: the only allowed values (e.g. event types).
       pattern: for ``str``: a regex the whole value must match (RE2- and Python-compatible).
       expected: human description of the allowed values, overriding the default.
+      bounds: for ``int`` / ``float``: the closed range ``(low, high)`` every value must lie
+        in (a rating scale); nan lies in no range.
     """
 
     name: str
@@ -73,19 +75,35 @@ class Field:
     choices: Optional[tuple[str, ...]] = None
     pattern: Optional[str] = None
     expected: Optional[str] = None
+    bounds: Optional[tuple[float, float]] = None
 
     def __post_init__(self):
         if self.kind not in _KINDS:
             raise ValueError(f"Field {self.name!r}: unknown kind {self.kind!r}")
+        if self.bounds is not None and self.kind not in (INT, FLOAT):
+            raise ValueError(f"Field {self.name!r}: bounds need kind int or float")
 
     def describe(self) -> str:
+        """What a value must be, e.g. 'an integer rating from 1 to 5' (``expected`` plus the
+        range of ``bounds``)."""
         if self.expected:
-            return self.expected
-        if self.choices is not None:
+            what = self.expected
+        elif self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        return {INT: "an integer", FLOAT: "a number",
-                ISO_MS: "an ISO-8601 timestamp like 2014-04-07T10:51:09.277Z",
-                STR: "text" if self.pattern is None else f"text matching {self.pattern}"}[self.kind]
+        else:
+            what = {INT: "an integer", FLOAT: "a number",
+                    ISO_MS: "an ISO-8601 timestamp like 2014-04-07T10:51:09.277Z",
+                    STR: "text" if self.pattern is None else f"text matching {self.pattern}"
+                    }[self.kind]
+        if self.bounds is not None:
+            what += f" from {_num(self.bounds[0])} to {_num(self.bounds[1])}"
+        return what
+
+    def in_bounds(self, values: np.ndarray) -> np.ndarray:
+        """[R] bool: each of ``values`` ([R] numbers) lies in ``bounds`` (all True if none)."""
+        if self.bounds is None:
+            return np.ones(np.shape(values), bool)
+        return (values >= self.bounds[0]) & (values <= self.bounds[1])
 
     def problem(self, value: str) -> Optional[str]:
         """Returns None if ``value`` is acceptable, else what was expected."""
@@ -100,7 +118,39 @@ class Field:
             ok = value in self.choices
         elif self.pattern is not None:
             ok = re.fullmatch(self.pattern, value, re.ASCII) is not None  # RE2: ASCII \d
+        if ok and self.bounds is not None:
+            ok = bool(self.in_bounds(float(value)))
         return None if ok else self.describe()
+
+
+def _num(x: float) -> str:
+    """1.0 -> '1', 0.5 -> '0.5' (for messages)."""
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def parse_range(value, option: str) -> Optional[tuple[float, float]]:
+    """A reader option naming a closed range: ``(low, high)``, ``'low,high'`` or None.
+
+    Args:
+      value: a 2-sequence of numbers, a ``'low,high'`` string (as ``--option`` passes it),
+        or None / ``'none'`` for no range.
+      option: the option's name, for the message.
+    Returns:
+      ``(low, high)`` as floats with ``low <= high``, or None.
+    Raises:
+      ValueError: naming the option and what was expected.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        low, high = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise ValueError(f"option {option}={value!r}: expected two finite numbers low,high "
+                         "with low <= high (e.g. 1,5), or none")
+    return low, high
 
 
 def _valid_iso(value: str) -> bool:
@@ -251,8 +301,13 @@ def _check_header(path: str, spec: TableSpec) -> None:
 
 
 def _vectorised_problem(table, spec: TableSpec) -> Optional[str]:
-    """Arrow-side check of ``choices`` / ``pattern`` rules; a description of the failure."""
+    """Arrow-side check of ``choices`` / ``pattern`` / ``bounds`` rules; a description of
+    the failure."""
     for f in spec.fields:
+        if f.bounds is not None:
+            if not f.in_bounds(table.column(f.name).to_numpy()).all():
+                return f"column {f.name!r} holds a value that is not {f.describe()}"
+            continue
         if f.kind != STR:
             continue
         col = table.column(f.name)

@@ -11,6 +11,10 @@ The file layouts are those of the GroupLens READMEs of ``ml-100k`` and ``ml-1m``
 - ML-1M ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``; ``movies.dat``:
   ``MovieID::Title (Year)::Genre|Genre``, latin-1.
 
+Ratings: both READMEs give whole stars from 1 to 5; a rating that is not a whole number in
+the ``rating_scale`` option (default ``(1, 5)``) is a :class:`DataFormatError` naming the
+file, line and field (a corrupt or mis-converted file, not a new scale to learn).
+
 Normalisation [inferred, shared by all jaxrec readers]: session = user; items and users are
 label-encoded in sorted raw-id order; ratings are kept (float32) with ``is_buy = 0``; events
 are stably sorted by (user, timestamp), so equal timestamps keep file order. Filters such
@@ -24,6 +28,7 @@ Licence: the MovieLens README forbids redistribution, so jaxrec ships no copy of
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -40,10 +45,12 @@ ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "C
                  "Crime", "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror",
                  "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
 
+# Both READMEs: ratings are whole stars on a 1-5 scale (the ``rating_scale`` option).
+RATING_SCALE = (1, 5)
 _RATING_FIELDS = (
     tab.Field("user", tab.INT, expected="an integer user id"),
     tab.Field("item", tab.INT, expected="an integer item id"),
-    tab.Field("rating", tab.FLOAT, expected="a numeric rating"),
+    tab.Field("rating", tab.INT, expected="an integer rating", bounds=RATING_SCALE),
     tab.Field("timestamp", tab.INT, expected="an integer timestamp (s)"),
 )
 ML100K_DATA_SPEC = tab.TableSpec(fields=_RATING_FIELDS, delimiter="\t")
@@ -61,7 +68,13 @@ ML1M_MOVIES_SPEC = tab.TableSpec(fields=(
 ), delimiter="::", encoding="latin-1")
 
 
-def _ratings(path: str, spec: tab.TableSpec):
+def _ratings(path: str, spec: tab.TableSpec, rating_scale):
+    """(user, item, rating, timestamp) columns, each [E]; ratings outside ``rating_scale``
+    (``(low, high)``, ``'low,high'`` or None for no check) are a DataFormatError."""
+    scale = tab.parse_range(rating_scale, "rating_scale")
+    spec = dataclasses.replace(spec, fields=tuple(
+        dataclasses.replace(f, bounds=scale) if f.name == "rating" else f
+        for f in spec.fields))
     table = tab.read_table(path, spec)
     return (tab.to_numpy(table, "user"), tab.to_numpy(table, "item"),
             tab.to_numpy(table, "rating"), tab.to_numpy(table, "timestamp"))
@@ -95,22 +108,26 @@ def _item_info(item_path: str, table, item_uniques: np.ndarray, genres_of) -> It
     return ItemInfo(titles=[titles[r] for r in rows], genres=[genres_of(r) for r in rows])
 
 
-def read_movielens_100k(raw_dir) -> EventLog:
+def read_movielens_100k(raw_dir, rating_scale=RATING_SCALE) -> EventLog:
     """Reads ML-100K ``u.data`` + ``u.item``.
 
     Args:
       raw_dir: directory holding ``u.data`` and ``u.item``.
+      rating_scale: ``(low, high)`` (or ``'low,high'``) every rating must lie in; whole
+        stars only. None skips the range check.
     Returns:
       EventLog named ``movielens_100k``: session = user, [E] int32 session/item, timestamp
       [E] int64 seconds, rating [E] float32, is_buy [E] zeros; ItemInfo with [N] titles and
       [N] genre lists.
     Raises:
-      DataFormatError: missing/empty/malformed files (with 1-based line), duplicate or
-        missing movie rows.
+      DataFormatError: missing/empty/malformed files (with 1-based line), a rating that is
+        not a whole number in ``rating_scale`` (with its line), duplicate or missing movie
+        rows.
+      ValueError: a malformed ``rating_scale``.
     """
     data_path = tab.require_file(raw_dir, "u.data", "movielens_100k", ML100K_FILES)
     item_path = tab.require_file(raw_dir, "u.item", "movielens_100k", ML100K_FILES)
-    user, item, rating, ts = _ratings(data_path, ML100K_DATA_SPEC)
+    user, item, rating, ts = _ratings(data_path, ML100K_DATA_SPEC, rating_scale)
     table = tab.read_table(item_path, ML100K_ITEM_SPEC)
     # [M, 19] genre flags; a movie's genres are the labels of its set flags, in README order.
     flags = np.stack([tab.choice_codes(table, ML100K_ITEM_SPEC.fields[5 + g])
@@ -124,21 +141,25 @@ def read_movielens_100k(raw_dir) -> EventLog:
     return out
 
 
-def read_movielens_1m(raw_dir) -> EventLog:
+def read_movielens_1m(raw_dir, rating_scale=RATING_SCALE) -> EventLog:
     """Reads ML-1M ``ratings.dat`` + ``movies.dat`` (``::``-separated, latin-1 titles).
 
     Args:
       raw_dir: directory holding ``ratings.dat`` and ``movies.dat``.
+      rating_scale: as for :func:`read_movielens_100k`.
     Returns:
       EventLog named ``movielens_1m``, laid out as :func:`read_movielens_100k`'s; titles keep
       their ``(Year)`` suffix, genres are the ``|``-separated labels.
     Raises:
-      DataFormatError: missing/empty/malformed files (with 1-based line), duplicate or
-        missing movie rows.
+      DataFormatError: missing/empty/malformed files (with 1-based line), a rating that is
+        not a whole number in ``rating_scale`` (with its line), duplicate or missing movie
+        rows.
+      ValueError: a malformed ``rating_scale``.
     """
     ratings_path = tab.require_file(raw_dir, "ratings.dat", "movielens_1m", ML1M_FILES)
     movies_path = tab.require_file(raw_dir, "movies.dat", "movielens_1m", ML1M_FILES)
-    user, item, rating, ts = _ratings(ratings_path, ML1M_RATINGS_SPEC)
+    user, item, rating, ts = _ratings(ratings_path, ML1M_RATINGS_SPEC,
+                                      rating_scale)
     table = tab.read_table(movies_path, ML1M_MOVIES_SPEC)
     genre_text = table.column("genres").to_pylist()
     item_uniques = np.unique(item)
@@ -151,4 +172,4 @@ def read_movielens_1m(raw_dir) -> EventLog:
 
 
 __all__ = ["read_movielens_100k", "read_movielens_1m", "ML100K_GENRES", "ML100K_FILES",
-           "ML1M_FILES"]
+           "ML1M_FILES", "RATING_SCALE"]

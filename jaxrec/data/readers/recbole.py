@@ -17,6 +17,9 @@ the genres the ``class`` / ``genre`` / ``genres`` / ``categories`` / ``category`
 (else the first whose name contains "genre", "categor" or "class"); token_seq values are
 split on whitespace. Items with interactions but no ``.item`` row get an empty title and no
 genres (with a logged warning); ``.item`` rows of items without interactions are ignored.
+Ratings are checked against the dataset's known scale (``RATING_SCALES``: ML-100K and
+ML-1M, whole stars 1-5) or the ``rating_scale`` option; a rating outside it is an error
+naming the line.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ TYPES = ("token", "float", "token_seq", "float_seq")
 FILES = ("<name>.inter", "<name>.item (optional)")
 TITLE_NAMES = ("movie_title", "title")
 GENRE_NAMES = ("class", "genre", "genres", "categories", "category")
+# Rating scales of the datasets RecBole distributes under these names (the GroupLens READMEs:
+# whole stars 1-5); ``rating_scale='auto'`` checks against these, other names go unchecked.
+RATING_SCALES = {"ml-100k": (1, 5), "ml-1m": (1, 5)}
 
 _NUM = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|infinity)"
 _FLOAT_SEQ = rf"(?i:\s*(?:{_NUM}(?:\s+{_NUM})*)?\s*)"
@@ -73,11 +79,14 @@ def _header_fields(path: str, required: tuple[str, ...]) -> tuple[str, list[tupl
     return header, fields
 
 
-def _spec(header: str, fields: list[tuple[str, str]]) -> tab.TableSpec:
+def _spec(header: str, fields: list[tuple[str, str]],
+          rating_scale: Optional[tuple[float, float]] = None) -> tab.TableSpec:
     out = []
     for name, typ in fields:
         if name in ("user_id", "item_id"):
             out.append(tab.Field(name, tab.STR, pattern=r".+", expected="a non-empty token"))
+        elif name == "rating" and rating_scale is not None:
+            out.append(tab.Field(name, tab.FLOAT, expected="a rating", bounds=rating_scale))
         elif typ == "float":
             out.append(tab.Field(name, tab.FLOAT, expected="a number (float field)"))
         elif typ == "float_seq":
@@ -132,12 +141,15 @@ def find_name(raw_dir) -> str:
     return os.path.basename(found[0])[:-len(".inter")]
 
 
-def read_recbole(raw_dir, name: Optional[str] = None) -> EventLog:
+def read_recbole(raw_dir, name: Optional[str] = None, rating_scale="auto") -> EventLog:
     """Reads RecBole atomic files ``raw_dir/<name>.inter`` (+ ``<name>.item`` if present).
 
     Args:
       raw_dir: directory holding the atomic files.
       name: dataset name (file stem); None when the directory has exactly one ``.inter``.
+      rating_scale: ``(low, high)`` (or ``'low,high'``) every ``rating`` must lie in;
+        ``'auto'``: the scale in :data:`RATING_SCALES` for ``name`` (ML-100K: 1-5), no
+        check for other names; None: no check.
     Returns:
       EventLog named ``name``: session = user_id, [E] int32 session/item, timestamp [E]
       int64 (or float64 for fractional timestamps; file order 0..E-1 when absent), rating
@@ -145,16 +157,21 @@ def read_recbole(raw_dir, name: Optional[str] = None) -> EventLog:
       [N] genre lists when ``.item`` has such columns.
     Raises:
       DataFormatError: missing ``.inter``; a header field without ``:type`` or with an
-        unknown type; no ``user_id``/``item_id``; malformed lines (1-based line numbers).
+        unknown type; no ``user_id``/``item_id``; malformed lines (1-based line numbers),
+        including a rating outside ``rating_scale``.
+      ValueError: a malformed ``rating_scale``.
     """
     if name is None:
         name = find_name(raw_dir)
+    if isinstance(rating_scale, str) and rating_scale == "auto":
+        rating_scale = RATING_SCALES.get(name)
+    scale = tab.parse_range(rating_scale, "rating_scale")
     inter_path = tab.require_file(raw_dir, f"{name}.inter", "recbole",
                                   (f"{name}.inter", f"{name}.item (optional)"))
     header, fields = _header_fields(inter_path, ("user_id", "item_id"))
     for f in ("timestamp", "rating"):
         _typed(inter_path, fields, f)
-    spec = _spec(header, fields)
+    spec = _spec(header, fields, scale)
     log.info("recbole: parsing %s", inter_path)
     names = spec.names
     rules = [_finite_rule(spec, f) for f in ("timestamp", "rating") if f in names]
@@ -221,4 +238,4 @@ def _read_items(path: str, item_uniques: np.ndarray) -> ItemInfo:
     return ItemInfo(titles=titles, genres=genres)
 
 
-__all__ = ["read_recbole", "find_name", "TYPES", "FILES"]
+__all__ = ["read_recbole", "find_name", "TYPES", "FILES", "RATING_SCALES"]
