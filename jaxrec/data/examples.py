@@ -5,7 +5,9 @@
 - :func:`eval_queries`: every event of a held-out session as a query (rl.md §9).
 - :func:`prl_trajectories`: PRL's trajectory buffer (rl.md §6, ``trajectory_buffer.py``).
 - :func:`leave_one_out`: per-user leave-one-out (IISAN iisan.md §1.13; PCRec
-  intent_pcrec.md §2.6), left-padded with 0 and items shifted by one.
+  intent_pcrec.md §2.6), left-padded with 0 and items shifted by one; training rows as
+  windows with targets at every position, or one row per prefix (RecBole's sequential
+  data augmentation, Zhao et al., CIKM 2021).
 
 All builders are vectorised numpy; nothing loops over events in Python.
 """
@@ -169,16 +171,23 @@ def prl_trajectories(sessions: Sessions, reward_mean: np.ndarray, state_len: int
             "reward_to_go_norm": (rtg / np.asarray(reward_mean)[t]).astype(np.float32)}
 
 
+LOO_TRAIN_MODES = ("windows", "prefixes")
+
+
 @dataclasses.dataclass
 class LeaveOneOut:
     """Leave-one-out examples; item ids are shifted by +1 and 0 is padding (left).
 
     Attributes:
-      train_inputs: [M, L] int32 input windows from each user's seq[:-2] (chunked).
-      train_targets: [M, L] int32 next item at every position (0 where padded).
+      train_inputs: [M, L] int32 input windows from each user's seq[:-2], left-padded.
+      train_targets: ``train_mode='windows'``: [M, L] int32, the next item at every
+        position (0 where padded). ``train_mode='prefixes'``: [M] int32, the item that
+        follows the window (a trainer reads its state at position L-1 and takes CE
+        against this).
       valid_inputs / test_inputs: [U, L] int32 histories, left-padded.
       valid_target / test_target: [U] int32.
       users: [U] row index into the source Sessions.
+      train_mode: 'windows' or 'prefixes', how the training rows were built.
     """
 
     train_inputs: np.ndarray
@@ -188,51 +197,98 @@ class LeaveOneOut:
     test_inputs: np.ndarray
     test_target: np.ndarray
     users: np.ndarray
+    train_mode: str = "windows"
 
 
-def _left_pad(seq: np.ndarray, length: int) -> np.ndarray:
-    out = np.zeros(length, dtype=np.int32)
-    seq = seq[-length:]
-    if len(seq):
-        out[length - len(seq):] = seq
+def _left_windows(flat: np.ndarray, start: np.ndarray, end: np.ndarray, length: int
+                  ) -> np.ndarray:
+    """Row r = ``flat[max(start[r], end[r] - length):end[r]]`` left-padded with 0.
+
+    Args:
+      flat: [E] int ids (shifted, so 0 is free for padding); start, end: [R] int.
+    Returns:
+      [R, length] int32.
+    """
+    out = np.zeros((len(end), length), np.int32)
+    # Row blocks of ~2M cells bound the int64 index temporaries (prefix rows of ML-1M at
+    # L = 200 are 1M x 200) and keep them in cache.
+    step = max(1, (1 << 21) // length)
+    cols = np.arange(length) - length
+    for lo in range(0, len(end), step):
+        idx = end[lo:lo + step, None] + cols[None, :]
+        valid = idx >= start[lo:lo + step, None]
+        out[lo:lo + step] = np.where(valid, flat[np.where(valid, idx, 0)], 0)
     return out
 
 
 def leave_one_out(sessions: Sessions, max_len: int = 10, min_len: int = 5,
-                  keep_last: Optional[int] = None) -> LeaveOneOut:
+                  keep_last: Optional[int] = None, train_mode: str = "windows"
+                  ) -> LeaveOneOut:
     """Per-user leave-one-out split (iisan.md §1.13, intent_pcrec.md §2.6).
 
     For a user sequence s (n >= min_len items, optionally cut to its last ``keep_last``,
     IISAN keeps 13 = max_len + 3): test predicts s[-1] from s[:-1][-max_len:], validation
-    predicts s[-2] from s[:-2][-max_len:], training uses s[:-2] for next-item prediction at
-    every position, cut into chunks of max_len + 1 items (inputs = chunk[:-1], targets =
-    chunk[1:]) from the end backwards, the first chunk left-padded.
+    predicts s[-2] from s[:-2][-max_len:]. Training uses t = s[:-2] in one of two ways:
 
-    Items are shifted by +1 so 0 is the pad id.
+    - ``'windows'`` (the SASRec papers, IISAN, PCRec): next-item prediction at every
+      position, t cut into chunks of max_len + 1 items from the end backwards (inputs =
+      chunk[:-1], targets = chunk[1:]), the first chunk left-padded; each target appears
+      once. ``train_targets`` is [M, L].
+    - ``'prefixes'`` (RecBole's ``data_augmentation``, one example per prefix): for
+      i = 1..len(t)-1, input t[:i][-max_len:] left-padded, target t[i]; a user gives
+      len(t) - 1 rows, in order. ``train_targets`` is [M]: the trainer only needs the
+      state at the last position, so CE costs one [B, N] logit matrix instead of [B, L, N].
+
+    Items are shifted by +1 so 0 is the pad id. Users keep their Sessions order.
+
+    Args:
+      sessions: one row per user, chronological.
+      max_len: L, the window.
+      min_len: users with fewer items (after ``keep_last``) are dropped; >= 3.
+      keep_last: if given, only each user's last ``keep_last`` items are used.
+      train_mode: 'windows' or 'prefixes'.
+    Returns:
+      :class:`LeaveOneOut`.
     """
+    if train_mode not in LOO_TRAIN_MODES:
+        raise ValueError(f"leave_one_out: train_mode must be one of {LOO_TRAIN_MODES}, "
+                         f"got {train_mode!r}")
     if min_len < 3:
         raise ValueError("leave_one_out needs min_len >= 3 (train, valid and test items)")
-    tr_in, tr_tg, va_in, va_t, te_in, te_t, users = [], [], [], [], [], [], []
-    for u in range(sessions.num_sessions):
-        seq = sessions.sequence(u).astype(np.int32) + 1
-        if keep_last is not None:
-            seq = seq[-keep_last:]
-        if len(seq) < min_len:
-            continue
-        users.append(u)
-        te_in.append(_left_pad(seq[:-1], max_len)); te_t.append(seq[-1])
-        va_in.append(_left_pad(seq[:-2], max_len)); va_t.append(seq[-2])
-        train = seq[:-2]
-        end = len(train)
-        while end > 1:
-            chunk = train[max(0, end - max_len - 1):end]
-            tr_in.append(_left_pad(chunk[:-1], max_len))
-            tr_tg.append(_left_pad(chunk[1:], max_len))
-            end -= max_len
-    if not users:
+    if max_len < 1:
+        raise ValueError(f"leave_one_out: max_len must be positive, got {max_len}")
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"leave_one_out: keep_last must be positive or None, got {keep_last}")
+    lengths = sessions.lengths.astype(np.int64)
+    ends = sessions.offsets[1:].astype(np.int64)
+    n = lengths if keep_last is None else np.minimum(lengths, keep_last)
+    users = np.flatnonzero(n >= min_len)
+    if not len(users):
         raise ValueError(f"leave_one_out: no user has at least {min_len} interactions")
-    a = lambda x: np.stack(x).astype(np.int32) if x else np.zeros((0, max_len), np.int32)
-    return LeaveOneOut(train_inputs=a(tr_in), train_targets=a(tr_tg),
-                       valid_inputs=a(va_in), valid_target=np.asarray(va_t, np.int32),
-                       test_inputs=a(te_in), test_target=np.asarray(te_t, np.int32),
-                       users=np.asarray(users, np.int64))
+    flat = sessions.items.astype(np.int32) + 1
+    end = ends[users]                                  # one past s[-1]
+    start = end - n[users]                             # s[0] after keep_last
+    train_end = end - 2                                # t = flat[start:train_end]
+    if train_mode == "prefixes":
+        # Targets t[1..], i.e. global indices start+1 .. train_end-1 of every user.
+        count = train_end - start - 1
+        row = np.repeat(np.arange(len(users)), count)
+        target_at = start[row] + 1 + (np.arange(count.sum()) - np.repeat(
+            np.cumsum(count) - count, count))
+        tr_in = _left_windows(flat, start[row], target_at, max_len)
+        tr_tg = flat[target_at].astype(np.int32)
+    else:
+        # Chunk k of a user ends (exclusive) at train_end - k*L while it holds >= 2 items.
+        count = np.maximum(0, -(-(train_end - start - 1) // max_len))   # ceil, 0 if len <= 1
+        row = np.repeat(np.arange(len(users)), count)
+        k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        chunk_end = train_end[row] - k * max_len
+        tr_in = _left_windows(flat, start[row], chunk_end - 1, max_len)
+        tr_tg = _left_windows(flat, start[row] + 1, chunk_end, max_len)
+    return LeaveOneOut(
+        train_inputs=tr_in, train_targets=tr_tg,
+        valid_inputs=_left_windows(flat, start, end - 2, max_len),
+        valid_target=flat[end - 2].astype(np.int32),
+        test_inputs=_left_windows(flat, start, end - 1, max_len),
+        test_target=flat[end - 1].astype(np.int32),
+        users=users.astype(np.int64), train_mode=train_mode)

@@ -275,7 +275,7 @@ def sequence_task(dataset: prep.Dataset, config) -> TaskParts:
     loo = examples.leave_one_out(users, max_len=int(config.data.state_len),
                                  min_len=int(config.data.get("loo_min_len", 5)),
                                  keep_last=config.data.get("loo_keep_last", None),
-                                 **({"train_mode": mode} if mode != "windows" else {}))
+                                 train_mode=mode)
     if mode == "windows":
         train = {"state": loo.train_inputs, "len_state": _lengths_left(loo.train_inputs),
                  "targets": loo.train_targets.astype(np.int32) - 1}   # dense ids, -1 = none

@@ -15,6 +15,11 @@ from the pad mask). GRU4Rec, NextItNet and SASRec also have
 all have ``embed(items)`` and ``item_embeddings()`` for tying output layers, and a
 ``state_dim`` property. Dropout draws from the ``'dropout'`` rng collection when
 ``train=True``.
+
+An output layer tied to the item table scores the real items as
+``state [B, D] @ item_embeddings().T -> [B, N]``, column ``i`` being item ``i`` (0-based;
+shifted id ``i + 1`` under left padding), so the pad never competes.
+``RECBOLE_SASREC`` holds the fields that make SASRec RecBole's (see ``sasrec.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from jaxrec.encoders.caser import Caser
 from jaxrec.encoders.common import EncoderConfig, read_state
 from jaxrec.encoders.gru4rec import GRU4Rec
 from jaxrec.encoders.nextitnet import NextItNet
-from jaxrec.encoders.sasrec import SASRec
+from jaxrec.encoders.sasrec import RECBOLE_SASREC, SASRec
 
 ENCODERS = {
     "gru4rec": GRU4Rec,
@@ -70,4 +75,4 @@ def make_encoder(name: str, config: Any = None, *, num_items: Optional[int] = No
 
 
 __all__ = ["ENCODERS", "EncoderConfig", "GRU4Rec", "Caser", "NextItNet", "SASRec",
-           "make_encoder", "read_state"]
+           "RECBOLE_SASREC", "make_encoder", "read_state"]

@@ -32,6 +32,16 @@ import flax.linen as nn
 
 PADDINGS = ("right", "left")
 NORM_STYLES = ("reference", "post_ln")
+POSITION_IDS = ("index", "from_first")
+
+# SASRec FFN activations. 'gelu' is the exact erf form of BERT and RecBole
+# (``x * 0.5 * (1 + erf(x / sqrt(2)))``); 'gelu_tanh' is the tanh approximation of GPT-2.
+# jax.nn.gelu defaults to the approximation, so the flag is spelled out on both.
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
 
 # The TF1 reference (kang205 SASRec modules, reused by the SQN code) replaces masked
 # attention logits by -2**32 + 1; IISAN adds -1e9. Either is "minus infinity" for softmax
@@ -85,6 +95,22 @@ class EncoderConfig:
         biased Q/K/V, no output projection, no input LN, final LN; 'post_ln': bias-free,
         output projection, input LN, no final LN). PCRec's SASRec is 'post_ln' with
         attn_bias=True, attn_out_proj=False, input_ln=False, ln_eps=1e-5.
+      activation: FFN non-linearity, one of ``ACTIVATIONS``: 'relu' (the SASRec paper, SQN,
+        IISAN), 'gelu' (exact erf GELU, RecBole/BERT) or 'gelu_tanh' (tanh approximation).
+      attn_dropout: rate on the attention weights; None = ``dropout``. RecBole keeps it
+        apart from the hidden rate (``attn_dropout_prob`` vs ``hidden_dropout_prob``).
+      ffn_internal_dropout: dropout inside the FFN, after the activation and after the
+        output Dense (the TF reference's two conv1d layers). 'post_ln' also drops the FFN
+        sublayer's output before its residual, so with this on the output Dense is dropped
+        twice; RecBole's FeedForward has only that sublayer dropout (set False).
+      init_std: None = the style's initialisers (items N(0, 0.01); 'reference': positions
+        N(0, 0.01), Glorot-uniform Dense; 'post_ln': Glorot-normal positions and Dense). A
+        float = N(0, init_std) for the item table, the position table and every Dense
+        kernel, biases 0 (BERT's and RecBole's ``initializer_range``, 0.02).
+      position_ids: 'index' = position j of the array gets P[j] (kang205, SQN, IISAN: with
+        left padding the newest item is always at P[L-1]); 'from_first' = the k-th real
+        item, counting from 0 at the oldest one in the window, gets P[k] (RecBole, which
+        pads on the right). Both agree when the window is full or padding is 'right'.
     """
 
     embed_dim: int = 64
@@ -114,6 +140,11 @@ class EncoderConfig:
     attn_out_proj: Optional[bool] = None
     input_ln: Optional[bool] = None
     final_ln: Optional[bool] = None
+    activation: str = "relu"
+    attn_dropout: Optional[float] = None
+    ffn_internal_dropout: bool = True
+    init_std: Optional[float] = None
+    position_ids: str = "index"
 
     def __post_init__(self):
         # Lists from YAML/ConfigDict become tuples so the config stays hashable (linen
@@ -137,8 +168,17 @@ class EncoderConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value <= 0:
                 fail(name, f"expected a positive integer, got {value!r}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            fail("dropout", f"expected a rate in [0, 1), got {self.dropout!r}")
+        if self.activation not in ACTIVATIONS:
+            fail("activation", f"expected one of {tuple(ACTIVATIONS)}, got "
+                 f"{self.activation!r}")
+        if self.position_ids not in POSITION_IDS:
+            fail("position_ids", f"expected one of {POSITION_IDS}, got {self.position_ids!r}")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                fail(name, f"expected a rate in [0, 1), got {value!r}")
+        if self.init_std is not None and not self.init_std > 0:
+            fail("init_std", f"expected a positive standard deviation, got {self.init_std!r}")
         if not self.filter_heights or any(h <= 0 or h > self.state_len
                                            for h in self.filter_heights):
             fail("filter_heights", f"each height must be in [1, state_len={self.state_len}],"
@@ -192,6 +232,12 @@ class EncoderConfig:
     def resolved_dropout(self, default: float) -> float:
         """``cfg.dropout`` if set, else the encoder's reference ``default``."""
         return float(default if self.dropout is None else self.dropout)
+
+    def resolved_attn_dropout(self, default: float) -> float:
+        """``cfg.attn_dropout`` if set, else the hidden rate ``resolved_dropout(default)``."""
+        if self.attn_dropout is None:
+            return self.resolved_dropout(default)
+        return float(self.attn_dropout)
 
     def _style(self, value, reference, post_ln):
         if value is not None:
@@ -304,7 +350,7 @@ def read_state(seq: jax.Array, items: jax.Array, lengths: Optional[jax.Array],
 
 
 class ItemEncoderBase(nn.Module):
-    """Owns the item table (``num_items + 1`` rows, N(0, 0.01), pad row trainable).
+    """Owns the item table (``num_items + 1`` rows, :meth:`item_init`, pad row trainable).
 
     Attributes:
       num_items: N, the number of real items.
@@ -323,8 +369,12 @@ class ItemEncoderBase(nn.Module):
             raise ValueError(f"{self.name_for_errors}: num_items must be positive, got "
                              f"{self.num_items}")
         self.item_embed = nn.Embed(self.num_items + 1, self.cfg.embed_dim,
-                                   embedding_init=nn.initializers.normal(stddev=0.01),
+                                   embedding_init=self.item_init(),
                                    name="item_embed")
+
+    def item_init(self) -> nn.initializers.Initializer:
+        """Initialiser of the item table: N(0, 0.01), the RL papers' (rl.md §2)."""
+        return nn.initializers.normal(stddev=0.01)
 
     @property
     def pad_id(self) -> int:

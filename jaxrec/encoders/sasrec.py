@@ -30,6 +30,15 @@ input LN (see :class:`~jaxrec.encoders.common.EncoderConfig`).
 
 In both styles padded query rows attend to nothing, so a pad position's output depends
 only on its own input and ``sequence()`` is causal at every position.
+
+RecBole's SASRec (Zhao et al., "RecBole", CIKM 2021; its ``SASRec`` model with
+``loss_type='CE'`` and the BERT-style ``TransformerEncoder``) is the 'post_ln' arrangement
+with the fields in :data:`RECBOLE_SASREC`: biased Q/K/V/O, exact-erf GELU, one dropout on
+each sublayer's output (hidden rate) and a separate rate on the attention weights, LN eps
+1e-12, N(0, 0.02) init for every Linear and Embedding weight with zero biases, and
+positions counted from the oldest item (it pads on the right). Its padding handling differs
+only where it cannot matter: it feeds E[0] + P at pad positions and adds -10000 to masked
+logits instead of replacing them, and every pad key is masked for a real query.
 """
 
 from __future__ import annotations
@@ -40,11 +49,27 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxrec.encoders.common import EncoderConfig, ItemEncoderBase, check_items, valid_mask
+from jaxrec.encoders.common import (ACTIVATIONS, EncoderConfig, ItemEncoderBase,
+                                    check_items, valid_mask)
+
+# RecBole's SASRec defaults (recbole/properties/model/SASRec.yaml, overall.yaml and the
+# dataset's MAX_ITEM_LIST_LENGTH) as EncoderConfig fields; with left-padded inputs from
+# jaxrec.data.examples.leave_one_out. Use as ``EncoderConfig(**RECBOLE_SASREC)``.
+RECBOLE_SASREC = dict(
+    embed_dim=64, state_len=50, padding="left", norm_style="post_ln",
+    num_blocks=2, num_heads=2, ffn_dim=256, activation="gelu",
+    dropout=0.5, attn_dropout=0.5, ffn_internal_dropout=False,
+    ln_eps=1e-12, init_std=0.02, attn_bias=True, attn_out_proj=True,
+    input_ln=True, final_ln=False, position_ids="from_first",
+    attention_mask_value=-10000.0,
+)
 
 
 def _dense_init(cfg: EncoderConfig):
-    # TF1 dense/conv1d default to Glorot-uniform; IISAN's code uses Xavier-normal.
+    # TF1 dense/conv1d default to Glorot-uniform; IISAN's code uses Xavier-normal; BERT
+    # and RecBole draw N(0, initializer_range).
+    if cfg.init_std is not None:
+        return nn.initializers.normal(stddev=cfg.init_std)
     if cfg.norm_style == "reference":
         return nn.initializers.glorot_uniform()
     return nn.initializers.glorot_normal()
@@ -107,20 +132,22 @@ class MultiHeadAttention(nn.Module):
 
 
 class _FeedForward(nn.Module):
-    """Point-wise FFN ``[B, L, D] -> [B, L, D]``: Dense(ffn_dim) -> ReLU -> Dense(D), with
-    dropout after each layer (the reference's two kernel-1 conv1d layers)."""
+    """Point-wise FFN ``[B, L, D] -> [B, L, D]``: Dense(ffn_dim) -> activation -> Dense(D),
+    with dropout after each layer (the reference's two kernel-1 conv1d layers; a rate of 0
+    leaves both out)."""
 
     dim: int
     ffn_dim: int
     dropout: float
     kernel_init: nn.initializers.Initializer
+    activation: str = "relu"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         drop = (lambda t: nn.Dropout(self.dropout)(t, deterministic=not train)) \
             if self.dropout > 0 else (lambda t: t)
-        h = drop(nn.relu(nn.Dense(self.ffn_dim, kernel_init=self.kernel_init,
-                                  name="inner")(x)))
+        act = ACTIVATIONS[self.activation]
+        h = drop(act(nn.Dense(self.ffn_dim, kernel_init=self.kernel_init, name="inner")(x)))
         return drop(nn.Dense(self.dim, kernel_init=self.kernel_init, name="outer")(h))
 
 
@@ -128,7 +155,8 @@ class _Block(nn.Module):
     """One SASRec block in the configured ``norm_style``: ``[B, L, D] -> [B, L, D]``."""
 
     cfg: EncoderConfig
-    dropout: float
+    dropout: float                  # hidden rate: sublayer outputs (and inside the FFN)
+    attn_dropout: float             # on the attention weights
 
     @nn.compact
     def __call__(self, x, mask, query_valid, *, train):
@@ -136,9 +164,11 @@ class _Block(nn.Module):
         init = _dense_init(cfg)
         ln = lambda name: nn.LayerNorm(epsilon=cfg.ln_eps, use_fast_variance=False, name=name)
         attn = MultiHeadAttention(cfg.embed_dim, cfg.num_heads, cfg.resolved_attn_bias(),
-                                  cfg.resolved_attn_out_proj(), self.dropout,
+                                  cfg.resolved_attn_out_proj(), self.attn_dropout,
                                   cfg.resolved_mask_value(), init, name="attention")
-        ffn = _FeedForward(cfg.embed_dim, cfg.ffn_dim, self.dropout, init, name="ffn")
+        ffn = _FeedForward(cfg.embed_dim, cfg.ffn_dim,
+                           self.dropout if cfg.ffn_internal_dropout else 0.0, init,
+                           cfg.activation, name="ffn")
         drop = (lambda t: nn.Dropout(self.dropout)(t, deterministic=not train)) \
             if self.dropout > 0 else (lambda t: t)
         if cfg.norm_style == "reference":
@@ -164,10 +194,15 @@ class SASRec(ItemEncoderBase):
     def setup(self):
         super().setup()
         cfg = self.cfg
-        pos_init = (nn.initializers.normal(stddev=0.01) if cfg.norm_style == "reference"
-                    else nn.initializers.glorot_normal())
+        if cfg.init_std is not None:
+            pos_init = nn.initializers.normal(stddev=cfg.init_std)
+        elif cfg.norm_style == "reference":
+            pos_init = nn.initializers.normal(stddev=0.01)
+        else:
+            pos_init = nn.initializers.glorot_normal()
         self.pos_embed = self.param("pos_embed", pos_init, (cfg.state_len, cfg.embed_dim))
-        self.blocks = [_Block(cfg, self.dropout_rate, name=f"block_{i}")
+        attn_rate = cfg.resolved_attn_dropout(self.default_dropout)
+        self.blocks = [_Block(cfg, self.dropout_rate, attn_rate, name=f"block_{i}")
                        for i in range(cfg.num_blocks)]
         if cfg.resolved_input_ln():
             self.input_ln = nn.LayerNorm(epsilon=cfg.ln_eps, use_fast_variance=False)
@@ -176,10 +211,25 @@ class SASRec(ItemEncoderBase):
         if self.dropout_rate > 0:
             self.input_dropout = nn.Dropout(self.dropout_rate)
 
+    def item_init(self) -> nn.initializers.Initializer:
+        """N(0, cfg.init_std) when set (RecBole), else the base N(0, 0.01)."""
+        if self.cfg.init_std is not None:
+            return nn.initializers.normal(stddev=self.cfg.init_std)
+        return super().item_init()
+
     @property
     def state_dim(self) -> int:
         """Dimension of the state vector (embed_dim)."""
         return self.cfg.embed_dim
+
+    def _positions(self, valid: jax.Array) -> jax.Array:
+        """Position vectors for ``valid [B, L]``: ``[1, L, D]`` ('index') or ``[B, L, D]``
+        ('from_first': rank of each real item from the oldest, pads clipped to P[0])."""
+        L = valid.shape[1]
+        if self.cfg.position_ids == "index":
+            return self.pos_embed[:L][None]
+        rank = jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
+        return self.pos_embed[jnp.maximum(rank, 0)]
 
     def sequence_from_embeddings(self, x: jax.Array, valid: jax.Array, *,
                                  train: bool = False) -> jax.Array:
@@ -207,7 +257,7 @@ class SASRec(ItemEncoderBase):
             if self.dropout_rate > 0 else (lambda t: t)
         if cfg.scale_embedding:
             x = x * jnp.sqrt(jnp.float32(cfg.embed_dim))
-        pos = self.pos_embed[:L][None]
+        pos = self._positions(valid)
         if cfg.norm_style == "reference":
             seq = drop(x + pos) * valid_f
         else:

@@ -87,3 +87,49 @@ def test_leave_one_out_hand_computed():
     # Train sequence 1 2 3 4, chunks of max_len + 1 from the end, targets never repeated.
     np.testing.assert_array_equal(loo.train_inputs, [[2, 3], [0, 1]])
     np.testing.assert_array_equal(loo.train_targets, [[3, 4], [0, 2]])
+
+
+def _loo_log():
+    # u: items 0..5 (shifted 1..6); v: items 0, 1, 2 (shifted 1, 2, 3).
+    log = from_raw(["u"] * 6 + ["v"] * 3, [0, 1, 2, 3, 4, 5, 0, 1, 2],
+                   list(range(6)) + list(range(3)), [0] * 9, name="t")
+    return Sessions.from_event_log(log)
+
+
+def test_leave_one_out_prefixes_hand_computed():
+    loo = examples.leave_one_out(_loo_log(), max_len=2, min_len=3, train_mode="prefixes")
+    assert loo.train_mode == "prefixes"
+    np.testing.assert_array_equal(loo.users, [0, 1])
+    # u trains on 1 2 3 4: prefixes <1>|2, <1 2>|3, <2 3>|4 (cut to the last 2, padded).
+    # v trains on <1> alone: no prefix has a next item, so v adds no training row.
+    np.testing.assert_array_equal(loo.train_inputs, [[0, 1], [1, 2], [2, 3]])
+    np.testing.assert_array_equal(loo.train_targets, [2, 3, 4])
+    assert loo.train_inputs.dtype == np.int32 and loo.train_targets.dtype == np.int32
+    # Validation and test do not depend on the training mode.
+    np.testing.assert_array_equal(loo.valid_inputs, [[3, 4], [0, 1]])
+    np.testing.assert_array_equal(loo.valid_target, [5, 2])
+    np.testing.assert_array_equal(loo.test_inputs, [[4, 5], [1, 2]])
+    np.testing.assert_array_equal(loo.test_target, [6, 3])
+    # keep_last=5 drops u's first item: u trains on 2 3 4 -> <2>|3, <2 3>|4.
+    cut = examples.leave_one_out(_loo_log(), max_len=3, min_len=5, keep_last=5,
+                                 train_mode="prefixes")
+    np.testing.assert_array_equal(cut.train_inputs, [[0, 0, 2], [0, 2, 3]])
+    np.testing.assert_array_equal(cut.train_targets, [3, 4])
+    np.testing.assert_array_equal(cut.test_inputs, [[3, 4, 5]])
+
+
+def test_leave_one_out_windows_long_window_and_both_modes_cover_same_targets():
+    loo = examples.leave_one_out(_loo_log(), max_len=3, min_len=3)
+    assert loo.train_mode == "windows"
+    # u's 1 2 3 4 fits one chunk of max_len + 1; v's single train item gives none.
+    np.testing.assert_array_equal(loo.train_inputs, [[1, 2, 3]])
+    np.testing.assert_array_equal(loo.train_targets, [[2, 3, 4]])
+    pre = examples.leave_one_out(_loo_log(), max_len=3, min_len=3, train_mode="prefixes")
+    # Every training target appears once in either mode.
+    np.testing.assert_array_equal(np.sort(loo.train_targets[loo.train_targets > 0]),
+                                  np.sort(pre.train_targets))
+    # The last prefix row is the last window's input; its target is the window's last.
+    np.testing.assert_array_equal(pre.train_inputs[-1], loo.train_inputs[0])
+    assert pre.train_targets[-1] == loo.train_targets[0, -1]
+    with pytest.raises(ValueError, match="train_mode must be one of"):
+        examples.leave_one_out(_loo_log(), train_mode="prefix")

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import flax.linen as nn
 from ml_collections import ConfigDict
 
-from jaxrec.encoders import ENCODERS, EncoderConfig, make_encoder
+from jaxrec.encoders import ENCODERS, RECBOLE_SASREC, EncoderConfig, make_encoder
 from jaxrec.encoders.common import REFERENCE_MASK_VALUE
 
 N = 30          # items
@@ -532,3 +533,243 @@ def test_bad_inputs_raise_naming_the_tensor():
     caser, cparams, _ = build("caser", "right")
     with pytest.raises(ValueError, match="state_len"):
         caser.apply({"params": cparams}, items[:, :8], lengths)
+
+
+# ------------------------------------------------- RecBole-style SASRec options
+def ref_recbole_sasrec_state(p, histories, cfg):
+    """RecBole's SASRec forward (loss_type='CE'), re-derived in NumPy float64.
+
+    Its own layout, not jaxrec's: ids shifted by one and **right**-padded with 0, position
+    j of the array gets P[j] (so the oldest item in the window gets P[0]), pads are fed as
+    E[0] + P[j], masked logits get -10000 *added*, every query row is kept, and the state
+    is read at len-1. Block: LN(x + O(attn(x))) and LN(h + W2 gelu(W1 h)), biased Linears,
+    exact erf GELU.
+    """
+    from scipy.special import erf
+    p = np_(p)
+    Hn, D = cfg.num_heads, cfg.embed_dim
+    dh = D // Hn
+    items = np.zeros((len(histories), L), np.int64)
+    lengths = np.array([len(h[-L:]) for h in histories])
+    for b, h in enumerate(histories):
+        items[b, :lengths[b]] = np.asarray(h[-L:]) + 1
+    E, P = p["item_embed"]["embedding"], p["pos_embed"]
+    x = np_ln(E[items] + P[None, :L], p["input_ln"], cfg.ln_eps)
+    allowed = (items != 0)[:, None, :] & (np.tril(np.ones((L, L))) > 0)[None]
+    additive = np.where(allowed, 0.0, -10000.0)
+    gelu = lambda z: z * 0.5 * (1.0 + erf(z / np.sqrt(2.0)))
+    for i in range(cfg.num_blocks):
+        blk = p[f"block_{i}"]
+        a = blk["attention"]
+        Q, K, V = (x @ a[n]["kernel"] + a[n]["bias"] for n in ("query", "key", "value"))
+        heads = []
+        for h in range(Hn):
+            sl = slice(h * dh, (h + 1) * dh)
+            z = Q[..., sl] @ np.swapaxes(K[..., sl], 1, 2) / np.sqrt(dh) + additive
+            heads.append(_softmax(z) @ V[..., sl])
+        o = np.concatenate(heads, -1) @ a["out"]["kernel"] + a["out"]["bias"]
+        x = np_ln(x + o, blk["ln_attn"], cfg.ln_eps)
+        ff = blk["ffn"]
+        f = gelu(x @ ff["inner"]["kernel"] + ff["inner"]["bias"])
+        x = np_ln(x + f @ ff["outer"]["kernel"] + ff["outer"]["bias"], blk["ln_ffn"], cfg.ln_eps)
+    return x[np.arange(len(histories)), lengths - 1]
+
+
+RECBOLE_SMALL = tuple(dict(RECBOLE_SASREC, state_len=L).items())
+
+
+def test_sasrec_recbole_fields_match_recbole_forward():
+    """Left-padded jaxrec with RECBOLE_SASREC == RecBole's right-padded computation."""
+    kw = dict(RECBOLE_SMALL)
+    padding = kw.pop("padding")
+    model, params, fn = build("sasrec", padding, **kw)
+    items, lengths = make_batch(HISTORIES, padding)
+    got = states(fn, params, items, lengths)
+    nonempty = [b for b, h in enumerate(HISTORIES) if h]      # RecBole never sees len 0
+    want = ref_recbole_sasrec_state(params, [HISTORIES[b] for b in nonempty], model.cfg)
+    np.testing.assert_allclose(got[nonempty], want, atol=1e-4)
+    # Each RecBole field matters on these rows: flipping one moves the states.
+    for field, value in (("position_ids", "index"), ("activation", "relu"),
+                         ("activation", "gelu_tanh"), ("attn_bias", False)):
+        _, _, fn2 = build("sasrec", padding, **dict(kw, **{field: value}))
+        moved = np.abs(states(fn2, params, items, lengths)[nonempty] - want).max()
+        assert moved > 1e-4, (field, value, moved)
+
+
+def test_position_ids_agree_on_full_windows_and_right_padding():
+    """'from_first' only differs from 'index' for left-padded windows shorter than L."""
+    for padding in ("left", "right"):
+        _, params, fn = build("sasrec", padding)
+        _, _, fn_ff = build("sasrec", padding, position_ids="from_first")
+        items, lengths = make_batch(HISTORIES, padding)
+        a, b = states(fn, params, items, lengths), states(fn_ff, params, items, lengths)
+        if padding == "right":
+            np.testing.assert_array_equal(a, b)
+        else:
+            full = lengths == L                                # the exactly-L history
+            np.testing.assert_array_equal(a[full], b[full])
+            short = (lengths > 0) & (lengths < L)
+            assert np.abs(a[short] - b[short]).max(-1).min() > 1e-3
+
+
+def _ffn_apply(activation, x, seed=0):
+    from jaxrec.encoders.sasrec import _FeedForward
+    ffn = _FeedForward(8, 16, 0.0, nn.initializers.normal(0.5), activation)
+    params = ffn.init(jax.random.key(seed), x, train=False)
+    return np_(params["params"]), np.asarray(ffn.apply(params, x, train=False), np.float64)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+def test_ffn_activation_matches_numpy(activation):
+    from scipy.special import erf
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 5, 8)), jnp.float32)
+    p, got = _ffn_apply(activation, x)
+    z = np.asarray(x, np.float64) @ p["inner"]["kernel"] + p["inner"]["bias"]
+    act = {"relu": lambda z: np.maximum(z, 0),
+           "gelu": lambda z: 0.5 * z * (1 + erf(z / np.sqrt(2))),
+           "gelu_tanh": lambda z: 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi)
+                                                          * (z + 0.044715 * z ** 3)))}
+    want = act[activation](z) @ p["outer"]["kernel"] + p["outer"]["bias"]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # The three non-linearities are distinguishable at these pre-activations (|z| ~ 1):
+    # exact and tanh GELU differ by up to ~1e-3, ReLU by O(0.1).
+    if activation != "relu":
+        assert np.abs(got - _ffn_apply("relu", x)[1]).max() > 1e-2
+    if activation == "gelu":
+        assert np.abs(got - _ffn_apply("gelu_tanh", x)[1]).max() > 1e-5
+
+
+def test_gelu_changes_the_encoder_output():
+    items, lengths = make_batch(HISTORIES, "left")
+    _, params, fn = build("sasrec", "left", **POST_LN)
+    _, _, fn_g = build("sasrec", "left", **dict(POST_LN, activation="gelu"))
+    has = lengths > 0
+    diff = np.abs(states(fn, params, items, lengths) - states(fn_g, params, items, lengths))
+    assert diff[has].max(-1).min() > 1e-3
+
+
+@pytest.mark.parametrize("style", [(), tuple(POST_LN.items())])
+def test_new_fields_at_their_defaults_are_bit_identical(style):
+    """Spelling out today's behaviour (ReLU, attention rate = hidden rate, dropout inside
+    the FFN, style initialisers, array-index positions) changes no bit: not the states,
+    not the training-mode dropout masks, not the initial parameters."""
+    style = dict(style)
+    explicit = dict(style, activation="relu", attn_dropout=0.1, ffn_internal_dropout=True,
+                    init_std=None, position_ids="index")
+    items, lengths = make_batch(HISTORIES, "left")
+    m0, p0, fn0 = build("sasrec", "left", **style)
+    m1, _, fn1 = build("sasrec", "left", **explicit)
+    for kw in ({}, {"train": True, "rng": jax.random.key(4)}):
+        np.testing.assert_array_equal(states(fn0, p0, items, lengths, **kw),
+                                      states(fn1, p0, items, lengths, **kw))
+    init = lambda m: m.init(jax.random.key(0), items, lengths, train=False)
+    chex.assert_trees_all_equal(init(m0), init(m1))
+
+
+def _count_dropouts(model, items):
+    """Dropout layers applied in one training forward pass (random_bits in the jaxpr)."""
+    params = jax.eval_shape(lambda k: model.init(k, items, None, train=False),
+                            jax.random.key(0))
+    jaxpr = jax.make_jaxpr(lambda p, k: model.apply(p, items, None, train=True,
+                                                    rngs={"dropout": k}))(
+        params, jax.random.key(1))
+
+    def count(jx):
+        n = 0
+        for eqn in jx.eqns:
+            n += eqn.primitive.name == "random_bits"
+            for v in eqn.params.values():
+                sub = getattr(v, "jaxpr", None)
+                if sub is not None:
+                    n += count(getattr(sub, "jaxpr", sub))
+        return n
+    return count(jaxpr.jaxpr)
+
+
+def test_dropout_placement_counts():
+    """post_ln, 2 blocks. Default: input + per block (attention weights, attention output,
+    after the activation, after the FFN's output Dense, FFN sublayer output) = 1 + 2*5.
+    RecBole: input + per block (attention weights, attention output, FFN output) = 1 + 2*3.
+    A rate of 0 removes the layer."""
+    items = jnp.ones((2, L), jnp.int32)
+    cfg = lambda **kw: make_encoder("sasrec", EncoderConfig(padding="left", **dict(
+        POST_LN, **kw)), num_items=N)
+    assert _count_dropouts(cfg(), items) == 11
+    assert _count_dropouts(cfg(ffn_internal_dropout=False), items) == 7
+    assert _count_dropouts(cfg(ffn_internal_dropout=False, attn_dropout=0.0), items) == 5
+    assert _count_dropouts(cfg(dropout=0.0, attn_dropout=0.5), items) == 2
+    assert _count_dropouts(cfg(dropout=0.0), items) == 0
+    assert _count_dropouts(make_encoder("sasrec", EncoderConfig(**dict(
+        RECBOLE_SMALL)), num_items=N), items) == 7
+
+
+def test_recbole_initialisers_and_parameter_count():
+    """init_std=0.02: N(0, 0.02) item/position tables and every Dense kernel, zero
+    biases, LN 1/0 (RecBole ``_init_weights``). Count at RecBole's ML-100K setting: 1,682
+    items + pad, L = 50, d = 64, 2 blocks, 2 heads, FFN 256, biased Q/K/V/O."""
+    model = make_encoder("sasrec", EncoderConfig(**RECBOLE_SASREC), num_items=1682)
+    items = jnp.ones((2, 50), jnp.int32)
+    p = np_(jax.jit(functools.partial(model.init, train=False))(
+        jax.random.key(0), items, None)["params"])
+    assert 0.0195 < p["item_embed"]["embedding"].std() < 0.0205       # 107,712 draws
+    assert 0.0185 < p["pos_embed"].std() < 0.0215                    # 3,200 draws
+    for i in range(2):
+        blk = p[f"block_{i}"]
+        for layer in (*(blk["attention"][n] for n in ("query", "key", "value", "out")),
+                      blk["ffn"]["inner"], blk["ffn"]["outer"]):
+            assert 0.018 < layer["kernel"].std() < 0.022 and np.all(layer["bias"] == 0)
+        assert np.all(blk["ln_attn"]["scale"] == 1) and np.all(blk["ln_ffn"]["bias"] == 0)
+    d = 64
+    want = (1683 * d + 50 * d + 2 * d
+            + 2 * (4 * (d * d + d) + 2 * d + (d * 256 + 256) + (256 * d + d) + 2 * d))
+    assert sum(x.size for x in jax.tree.leaves(p)) == want == 211_008
+
+
+def test_sasrec_left_item_embeddings_tie_the_output_layer():
+    """Left padding: item_embeddings() = table rows 1..N, so scores = h @ E[1:].T has item
+    i (shifted id i+1) in column i and never scores the pad row 0."""
+    model, params, fn = build("sasrec", "left")
+    items, lengths = make_batch(HISTORIES, "left")
+    table = np.asarray(params["item_embed"]["embedding"])
+    E = np.asarray(model.apply({"params": params}, method=model.item_embeddings))
+    assert E.shape == (N, 64)
+    np.testing.assert_array_equal(E, table[1:])
+    h = states(fn, params, items, lengths).astype(np.float64)
+    scores = h @ E.T.astype(np.float64)                              # [B, N]
+    targets = np.array([7, 14, 19, 29, 0, 8]) + 1                    # shifted ids
+    np.testing.assert_allclose(scores[np.arange(B), targets - 1],
+                               (h * table[targets]).sum(-1), rtol=1e-12)
+    moved = dict(params, item_embed={"embedding": params["item_embed"]["embedding"]
+                                     .at[0].set(100.0)})
+    np.testing.assert_array_equal(
+        model.apply({"params": moved}, method=model.item_embeddings), E)
+
+
+def test_new_field_errors():
+    for kw, field in (({"activation": "swish"}, "activation"),
+                      ({"position_ids": "end"}, "position_ids"),
+                      ({"attn_dropout": 1.0}, "attn_dropout"),
+                      ({"init_std": 0.0}, "init_std")):
+        with pytest.raises(ValueError, match=f"EncoderConfig.{field}: expected"):
+            EncoderConfig(**kw)
+    with pytest.raises(ValueError, match="'gelu_tanh'"):
+        EncoderConfig(activation="GELU")
+
+
+def test_from_first_positions_make_window_outputs_equal_prefix_states():
+    """With position_ids='from_first' the output of a left-padded window at the position
+    of its t-th item equals the state of the prefix example holding its first t items
+    (so 'windows' and 'prefixes' training see the same function); with 'index' they
+    differ, the prefix's items sitting at other positions."""
+    hist = [3, 14, 3, 25, 9, 1, 17]                                   # 7 of L = 10
+    window, _ = make_batch([hist], "left")
+    prefixes, _ = make_batch([hist[:t] for t in range(1, len(hist) + 1)], "left")
+    for position_ids, same in (("from_first", True), ("index", False)):
+        model, params, fn = build("sasrec", "left", **dict(POST_LN, position_ids=position_ids))
+        seq = np.asarray(fn(params, window, None)[1])[0, L - len(hist):]   # [7, D]
+        got = states(fn, params, prefixes, None)                           # [7, D]
+        if same:
+            np.testing.assert_allclose(got, seq, atol=1e-5)
+        else:
+            assert np.abs(got[:-1] - seq[:-1]).max(-1).min() > 1e-3
+            np.testing.assert_allclose(got[-1], seq[-1], atol=1e-5)   # the full window
