@@ -17,6 +17,7 @@ def get_config(arg=None):
     a = config_util.parse_arg(arg, ARGS)
     c = config_util.base_config("popularity", a["dataset"], "sasrec", a["smoke"],
                                 raw_dir=a["raw_dir"] or None, protocol=a["protocol"] or None)
+    c.label = "popularity"          # no encoder
     c.train.num_epochs = 1
     c.train.eval_every = 0          # evaluate once, at the end
     return c

@@ -124,7 +124,13 @@ def _guarded(main):
         except USER_ERRORS as e:
             if FLAGS.debug:
                 raise
-            fail(message(e))
+            text = message(e)
+            if type(e) in (ValueError, KeyError):
+                # Not one of jaxrec's specific errors (DataFormatError, a checkpoint
+                # mismatch, ...), which say all there is to say: it may come from deeper
+                # code, so point at the traceback.
+                text += " (rerun with --debug for the traceback)"
+            fail(text)
     return wrapped
 
 

@@ -162,7 +162,8 @@ def apply_method_defaults(c: ml_collections.ConfigDict, method: str, dataset: st
 def encoder_fields() -> ml_collections.ConfigDict:
     """Every :class:`~jaxrec.encoders.EncoderConfig` field with its default, typed, so
     ``--config.model.<field>=...`` works for each (fields that default to None get a typed
-    placeholder). Padding, state length and pad id live in ``config.data``."""
+    placeholder). Padding and state length live in ``config.data`` (the pad id follows from the
+    padding)."""
     import dataclasses
     import typing
 
@@ -198,6 +199,7 @@ def base_config(method: str, dataset: str, encoder: str, smoke: bool,
         raise ValueError(f"unknown protocol {protocol!r}; accepted: session, loo")
     c = ml_collections.ConfigDict()
     c.method = method
+    c.label = f"{method}/{encoder}"   # the row name in tables and results.json
     c.seed = 0
     c.dataset = dataset_config(dataset, raw_dir, smoke)
     c.data = ml_collections.ConfigDict()
@@ -209,6 +211,7 @@ def base_config(method: str, dataset: str, encoder: str, smoke: bool,
     c.data.loo_min_len = 5
     c.data.loo_keep_last = ml_collections.FieldReference(None, field_type=int)
     c.data.loo_train = "windows"     # or 'prefixes' (one example per prefix)
+    c.data.loo_window_stride = ml_collections.FieldReference(None, field_type=int)  # None: L
     c.model = encoder_fields()
     c.model.encoder = encoder
     c.model.tie_head = False
@@ -225,6 +228,7 @@ def base_config(method: str, dataset: str, encoder: str, smoke: bool,
     c.train.eval_every_epochs = 0.0  # > 0: overrides eval_every, in epochs
     c.train.checkpoint_every = 0     # 0: at every evaluation
     c.train.patience = 0             # > 0: stop after this many evaluations without gain
+    c.train.prng_impl = "threefry2x32"   # or 'rbg' / 'unsafe_rbg' (faster dropout on CPU)
     c.train.log_every = 100
     c.train.max_checkpoints = 2
     c.eval = ml_collections.ConfigDict()    # shared evaluator settings

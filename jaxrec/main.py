@@ -31,8 +31,7 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)
     config = FLAGS.config
     res = experiment.run(config, FLAGS.workdir)
-    label = config.method + (f"/{res['encoder']}" if res.get("encoder") and
-                             config.method != "popularity" else "")
+    label = res["label"]
     print(f"\nTest metrics at the best validation step ({res['best_step']}) — "
           f"{res['dataset']}:")
     print(results_table({label: res}))

@@ -222,8 +222,8 @@ def _left_windows(flat: np.ndarray, start: np.ndarray, end: np.ndarray, length: 
 
 
 def leave_one_out(sessions: Sessions, max_len: int = 10, min_len: int = 5,
-                  keep_last: Optional[int] = None, train_mode: str = "windows"
-                  ) -> LeaveOneOut:
+                  keep_last: Optional[int] = None, train_mode: str = "windows",
+                  window_stride: Optional[int] = None) -> LeaveOneOut:
     """Per-user leave-one-out split (iisan.md §1.13, intent_pcrec.md §2.6).
 
     For a user sequence s (n >= min_len items, optionally cut to its last ``keep_last``,
@@ -233,7 +233,10 @@ def leave_one_out(sessions: Sessions, max_len: int = 10, min_len: int = 5,
     - ``'windows'`` (the SASRec papers, IISAN, PCRec): next-item prediction at every
       position, t cut into chunks of max_len + 1 items from the end backwards (inputs =
       chunk[:-1], targets = chunk[1:]), the first chunk left-padded; each target appears
-      once. ``train_targets`` is [M, L].
+      once. ``train_targets`` is [M, L]. With ``window_stride`` s < L the windows overlap:
+      they end every s items from the end backwards and each trains only its last s
+      targets (earlier positions get target 0 = none), so every target is still trained
+      once but sees at least L − s items of context, not a context cut at a chunk start.
     - ``'prefixes'`` (RecBole's ``data_augmentation``, one example per prefix): for
       i = 1..len(t)-1, input t[:i][-max_len:] left-padded, target t[i]; a user gives
       len(t) - 1 rows, in order. ``train_targets`` is [M]: the trainer only needs the
@@ -247,6 +250,8 @@ def leave_one_out(sessions: Sessions, max_len: int = 10, min_len: int = 5,
       min_len: users with fewer items (after ``keep_last``) are dropped; >= 3.
       keep_last: if given, only each user's last ``keep_last`` items are used.
       train_mode: 'windows' or 'prefixes'.
+      window_stride: for 'windows', items between consecutive window ends (None = L:
+        non-overlapping chunks).
     Returns:
       :class:`LeaveOneOut`.
     """
@@ -257,6 +262,10 @@ def leave_one_out(sessions: Sessions, max_len: int = 10, min_len: int = 5,
         raise ValueError("leave_one_out needs min_len >= 3 (train, valid and test items)")
     if max_len < 1:
         raise ValueError(f"leave_one_out: max_len must be positive, got {max_len}")
+    stride = max_len if window_stride is None else int(window_stride)
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"leave_one_out: window_stride must be in [1, max_len={max_len}], "
+                         f"got {window_stride}")
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"leave_one_out: keep_last must be positive or None, got {keep_last}")
     lengths = sessions.lengths.astype(np.int64)
@@ -278,13 +287,15 @@ def leave_one_out(sessions: Sessions, max_len: int = 10, min_len: int = 5,
         tr_in = _left_windows(flat, start[row], target_at, max_len)
         tr_tg = flat[target_at].astype(np.int32)
     else:
-        # Chunk k of a user ends (exclusive) at train_end - k*L while it holds >= 2 items.
-        count = np.maximum(0, -(-(train_end - start - 1) // max_len))   # ceil, 0 if len <= 1
+        # Window k of a user ends (exclusive) at train_end - k*stride while it holds >= 2
+        # items; it trains its last `stride` targets (all of them when stride = L).
+        count = np.maximum(0, -(-(train_end - start - 1) // stride))    # ceil, 0 if len <= 1
         row = np.repeat(np.arange(len(users)), count)
         k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-        chunk_end = train_end[row] - k * max_len
+        chunk_end = train_end[row] - k * stride
         tr_in = _left_windows(flat, start[row], chunk_end - 1, max_len)
         tr_tg = _left_windows(flat, start[row] + 1, chunk_end, max_len)
+        tr_tg[:, :max_len - stride] = 0
     return LeaveOneOut(
         train_inputs=tr_in, train_targets=tr_tg,
         valid_inputs=_left_windows(flat, start, end - 2, max_len),

@@ -26,7 +26,8 @@ Kinds registered here:
 - ``'sequence'``: per-user leave-one-out (iisan.md §1.13, intent_pcrec.md §2.6), left
   padding with 0 and items shifted by one. ``config.data.loo_train``: ``'windows'`` = one
   window of L positions per chunk with next-item ``targets [T, L]`` (dense ids, −1 = none;
-  CE at every position), or ``'prefixes'`` = one example per prefix with a single
+  CE at every position; ``config.data.loo_window_stride`` < L makes them overlap so
+  every target keeps a long context), or ``'prefixes'`` = one example per prefix with a single
   ``action [T]`` (the data augmentation of RecBole-style sequential training).
   Evaluation: the leave-one-out protocol.
 
@@ -275,7 +276,8 @@ def sequence_task(dataset: prep.Dataset, config) -> TaskParts:
     loo = examples.leave_one_out(users, max_len=int(config.data.state_len),
                                  min_len=int(config.data.get("loo_min_len", 5)),
                                  keep_last=config.data.get("loo_keep_last", None),
-                                 train_mode=mode)
+                                 train_mode=mode,
+                                 window_stride=config.data.get("loo_window_stride", None))
     if mode == "windows":
         train = {"state": loo.train_inputs, "len_state": _lengths_left(loo.train_inputs),
                  "targets": loo.train_targets.astype(np.int32) - 1}   # dense ids, -1 = none

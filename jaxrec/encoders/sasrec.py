@@ -224,7 +224,8 @@ class SASRec(ItemEncoderBase):
 
     def _positions(self, valid: jax.Array) -> jax.Array:
         """Position vectors for ``valid [B, L]``: ``[1, L, D]`` ('index') or ``[B, L, D]``
-        ('from_first': rank of each real item from the oldest, pads clipped to P[0])."""
+        ('from_first': rank of each real item from the oldest; a pad before the first
+        item gets P[0], one after the last P[len-1], both masked away)."""
         L = valid.shape[1]
         if self.cfg.position_ids == "index":
             return self.pos_embed[:L][None]

@@ -16,7 +16,9 @@ An evaluator is a class built once per run::
     Evaluator(method, task, config, options)          # options: the merged settings
     evaluator.run(state, consts, split) -> {metric: float}   # split: validation | test
 
-It may precompute once per call of ``run`` (an item tower over all N items, through the
+It may list its keys in advance (``metric_names(split)``), so a misspelled
+``config.eval.select_metric`` fails before training, and it may precompute once per call
+of ``run`` (an item tower over all N items, through the
 method's ``eval_consts``) instead of once per batch. ``lower_is_better`` (a tuple of
 metric-name substrings) tells the trainer which metrics improve downwards when it keeps
 the best value of every metric.
@@ -88,6 +90,20 @@ def run_all(evaluators: dict, state, consts, split: str) -> dict:
         prefix = str(ev.options.get("prefix", f"{name}/"))
         for k, v in ev.run(state, consts, split).items():
             out[prefix + k] = v
+    return out
+
+
+def metric_names(evaluators: dict, task) -> "set | None":
+    """Every (prefixed) key the evaluators will report, or None when one of them cannot
+    say in advance (an evaluator may define ``metric_names(split) -> iterable``). Lets the
+    trainer reject a misspelled ``select_metric`` before training."""
+    out = set()
+    for name, ev in evaluators.items():
+        fn = getattr(ev, "metric_names", None)
+        if fn is None:
+            return None
+        prefix = str(ev.options.get("prefix", f"{name}/"))
+        out.update(prefix + k for k in fn("validation"))
     return out
 
 

@@ -107,6 +107,15 @@ class RankingEvaluator:
         pre = getattr(method, "eval_consts", None)
         self._eval_consts = jax.jit(pre) if pre is not None else None
 
+    def metric_names(self, split: str) -> list:
+        """The keys :meth:`run` returns for ``split``."""
+        ev = self.task.split(split)
+        names = [f"{g}/count" for g in ev.groups]
+        names += [f"{g}/{m}@{k}" for g in ev.groups for k in self.ks for m in M.METRIC_NAMES]
+        if "reward" in ev.arrays:
+            names += [f"{g}/reward@{k}" for g in ev.groups + ("total",) for k in self.ks]
+        return names
+
     def run(self, state, consts, split: str) -> dict:
         """Metrics of ``split``: ``'<group>/<metric>@k'`` means, ``'<group>/count'`` and,
         when the queries carry rewards, ``'<group>/reward@k'`` sums and

@@ -20,8 +20,9 @@ A method module provides:
 ``train_step(state, batch, rng, consts) -> (state, metrics)``
     Pure; ``jax.jit``-ed once by the trainer with the state donated. ``batch`` is a dict
     of ``[B, ...]`` numpy arrays named by the task kind; ``rng`` is
-    ``fold_in(key(seed), step)``; ``metrics`` is a dict of scalars with ``'loss'``
-    required (a non-finite loss stops the run).
+    ``fold_in(root, step)`` with ``init_key, root = split(key(seed))`` (``init`` gets
+    ``init_key``); ``metrics`` is a dict of scalars with ``'loss'`` required (a
+    non-finite loss stops the run).
 
 ``predict(state, batch, consts)``
     What the method's evaluators consume: scores ``[B, N]`` over all items for

@@ -70,7 +70,13 @@ class RecNet(nn.Module):
     def _head(self, name: str, h):
         """h [..., D] -> [..., N] scores of one head."""
         if self.tie_head and name == "s":
-            scores = h @ self.encoder.item_embeddings().T
+            table = self.encoder.item_embeddings()
+            if h.shape[-1] != table.shape[-1]:
+                raise ValueError(
+                    f"config.model.tie_head=True needs the {self.encoder_name} state "
+                    f"({h.shape[-1]}-d) to match the item embeddings ({table.shape[-1]}-d); "
+                    f"use an encoder whose state is embed_dim wide or tie_head=False")
+            scores = h @ table.T
             return scores + self.tied_bias if self.head_bias else scores
         return self.head_layers[name](h)
 

@@ -7,7 +7,8 @@ method; which method, task and evaluators run is decided by the caller
 - the step is ``jax.jit(method.train_step, donate_argnums=0)``, compiled once; the frozen
   ``consts`` (``method.make_consts``) are a separate, non-donated argument that is never
   checkpointed and is rebuilt on resume;
-- the step's RNG is ``fold_in(key(seed), step)`` and batch i is a pure function of
+- the step's RNG is ``fold_in(root, step)`` with ``init_key, root = split(key(seed))``
+  (``init`` gets ``init_key``), and batch i is a pure function of
   (seed, i), so a run resumed from a checkpoint repeats exactly what an uninterrupted run
   would have done;
 - every ``eval_every`` steps (or ``eval_every_epochs`` epochs) the evaluators of
@@ -42,6 +43,7 @@ from jaxrec.methods import make_consts
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.data import BatchSource
 
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 RESULT_NOTES = {
     "validation": "validation metrics at best_step, the step with the best select_metric",
     "test": "test metrics at best_step (model selection on validation)",
@@ -173,15 +175,33 @@ def train(method: ModuleType, task, config, workdir: str, *,
     if not select:
         raise ValueError("config.eval.select_metric is empty: name the validation metric "
                          "that selects the model, e.g. 'purchase/ndcg@10'")
+    known = ev_lib.metric_names(evaluators, task)
+    if known is not None and select not in known:
+        raise ValueError(f"config.eval.select_metric={select!r} is not a metric of the "
+                         f"evaluators in config.evals; they report: {', '.join(sorted(known))}")
 
-    init_key, root = jax.random.split(jax.random.key(int(config.seed)))
+    # The PRNG behind init, dropout and sampling: threefry (default) gives the same numbers
+    # on every backend; 'rbg' / 'unsafe_rbg' are much cheaper on CPU, where dropout masks
+    # can cost a third of a small model's step, at the price of backend-dependent streams.
+    # Not bit-compatible with threefry under vmap either (SQN's vmapped passes), so a run
+    # records its choice and a resume must use the same.
+    impl = str(config.train.get("prng_impl", "threefry2x32") or "threefry2x32")
+    if impl not in PRNG_IMPLS:
+        raise ValueError(f"config.train.prng_impl={impl!r}; accepted: {', '.join(PRNG_IMPLS)}")
+    init_key, root = jax.random.split(jax.random.key(int(config.seed), impl=impl))
     state = method.init(init_key, task, config)
     consts = make_consts(method, config, task)
     ckpt = Checkpointer(workdir, max_to_keep=int(config.train.get("max_checkpoints", 2)))
     book = Bookkeeping(select, lambda m: ev_lib.lower_is_better(evaluators, m))
+    book.record["prng_impl"] = impl
     latest = ckpt.latest_step()
     if latest is not None:
         state, record = ckpt.restore(latest, state)
+        saved_impl = record.get("prng_impl", "threefry2x32")
+        if saved_impl != impl:
+            raise ValueError(f"config.train.prng_impl={impl!r}, but the checkpoint in "
+                             f"{ckpt.directory} was written with {saved_impl!r}: resuming "
+                             f"would switch random streams mid-run; use {saved_impl!r}")
         book.record.update(record)
         logging.info("resumed from %s at step %d", ckpt.directory, latest)
         print(f"Resuming from checkpoint at step {latest} in {ckpt.directory}")
@@ -200,7 +220,7 @@ def train(method: ModuleType, task, config, workdir: str, *,
     def run_eval(state, step: int) -> bool:
         """Evaluates; returns True when early stopping says to stop."""
         val = ev_lib.run_all(evaluators, state, consts, "validation")
-        _log_jsonl(metrics_path, {"step": step, "split": "validation",
+        _log_jsonl(metrics_path, {"step": step, "split": "validation", "time": time.time(),
                                   "elapsed_s": time.time() - t_start, **val})
         if book.update(step, val):
             test = ev_lib.run_all(evaluators, state, consts, "test")
@@ -275,10 +295,8 @@ def train(method: ModuleType, task, config, workdir: str, *,
         bar.close()
     ckpt.close()
     r = book.record
-    model = config.get("model", None)
-    results = {"method": config.method, "dataset": task.name,
-               "encoder": model.get("encoder", None) if model is not None else None,
-               "num_steps": num_steps, "steps_per_epoch": task.steps_per_epoch,
+    results = {"method": config.method, "label": str(config.get("label", config.method)),
+               "dataset": task.name, "num_steps": num_steps, "steps_per_epoch": task.steps_per_epoch,
                "steps_done": int(r["step"]), "best_step": r["best_step"],
                "select_metric": select, "validation": r["validation"], "test": r["test"],
                "best_validation": r["best_validation"], "notes": RESULT_NOTES,

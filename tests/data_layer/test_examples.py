@@ -133,3 +133,22 @@ def test_leave_one_out_windows_long_window_and_both_modes_cover_same_targets():
     assert pre.train_targets[-1] == loo.train_targets[0, -1]
     with pytest.raises(ValueError, match="train_mode must be one of"):
         examples.leave_one_out(_loo_log(), train_mode="prefix")
+
+
+def test_leave_one_out_overlapping_windows_hand_computed():
+    """One user with items 0..11 (shifted 1..12), L = 4: training part t = 1..10. Stride 2:
+    windows end every 2 items from the end and train their last 2 targets, so targets
+    2..10 are each trained once, every one with a context of at least L - 2 items."""
+    s = Sessions(items=np.arange(12, dtype=np.int32), is_buy=np.zeros(12, np.int8),
+                 timestamps=np.arange(12), offsets=np.array([0, 12]),
+                 session_ids=np.array([0]), raw_session_ids=np.array(["u"]))
+    loo = examples.leave_one_out(s, max_len=4, min_len=3, window_stride=2)
+    np.testing.assert_array_equal(loo.train_inputs, [[6, 7, 8, 9], [4, 5, 6, 7], [2, 3, 4, 5],
+                                                     [0, 1, 2, 3], [0, 0, 0, 1]])
+    np.testing.assert_array_equal(loo.train_targets, [[0, 0, 9, 10], [0, 0, 7, 8],
+                                                      [0, 0, 5, 6], [0, 0, 3, 4],
+                                                      [0, 0, 0, 2]])
+    plain = examples.leave_one_out(s, max_len=4, min_len=3)          # stride = L
+    assert sorted(plain.train_targets[plain.train_targets > 0]) == list(range(2, 11))
+    with pytest.raises(ValueError, match="window_stride"):
+        examples.leave_one_out(s, max_len=4, min_len=3, window_stride=5)

@@ -23,16 +23,7 @@ from jaxrec.methods import sqn
 from jaxrec.train import loop
 from jaxrec.train.data import BatchSource
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def get_config(name, arg=""):
-    return config_util.load_config_file(os.path.join(ROOT, "configs", name), arg)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return prep.load("synthetic", preset="tiny")
+from tests.train.helpers import ROOT, get_config
 
 
 # ------------------------------------------------------------------ SQN, one step by hand
@@ -442,3 +433,30 @@ def test_early_stopping_stops_and_stays_stopped(tmp_path):
     assert os.path.exists(tmp_path / "results.json")
     again = experiment.run(c, str(tmp_path), progress=False)     # resume: nothing to do
     assert again["steps_done"] == 6 and again["test"] == res["test"]
+
+
+def test_config_mistakes_fail_before_training(tmp_path, tiny):
+    c = get_config("supervised.py", "encoder=gru4rec,smoke")
+    c.eval.select_metric = "all/ndcg@10"                 # session protocol: no 'all' group
+    with pytest.raises(ValueError, match="select_metric='all/ndcg@10' is not a metric"):
+        experiment.run(c, str(tmp_path / "a"), dataset=tiny, progress=False)
+    assert not os.path.exists(tmp_path / "a" / "checkpoints")
+    c = get_config("supervised.py", "encoder=caser,smoke")
+    c.model.tie_head = True                              # Caser's state is 112-d, not 64
+    with pytest.raises(ValueError, match="tie_head=True needs the caser state"):
+        experiment.run(c, str(tmp_path / "b"), dataset=tiny, progress=False)
+    c = get_config("supervised.py", "encoder=gru4rec,smoke")
+    c.train.prng_impl = "philox"
+    with pytest.raises(ValueError, match="prng_impl='philox'"):
+        experiment.run(c, str(tmp_path / "c"), dataset=tiny, progress=False)
+
+
+def test_resume_with_another_prng_is_refused(tmp_path, tiny):
+    c = get_config("supervised.py", "encoder=gru4rec,smoke")
+    c.train.prng_impl = "unsafe_rbg"
+    experiment.run(c, str(tmp_path), dataset=tiny, progress=False, stop_after=1)
+    c.train.prng_impl = "threefry2x32"
+    with pytest.raises(ValueError, match="written with 'unsafe_rbg'"):
+        experiment.run(c, str(tmp_path), dataset=tiny, progress=False)
+    c.train.prng_impl = "unsafe_rbg"
+    assert experiment.run(c, str(tmp_path), dataset=tiny, progress=False)["steps_done"] == 2

@@ -17,16 +17,7 @@ from jaxrec.train import loop
 from jaxrec.train.data import BatchSource
 from tests.train import raw_writers
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def get_config(name, arg=""):
-    return config_util.load_config_file(os.path.join(ROOT, "configs", name), arg)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return prep.load("synthetic", preset="tiny")
+from tests.train.helpers import ROOT, get_config
 
 
 # ------------------------------------------------------------------ SQN

@@ -1,0 +1,12 @@
+"""Shared helpers of the trainer tests: the repository root and config loading."""
+
+import os
+
+from jaxrec import config_util
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def get_config(name, arg=""):
+    """``configs/<name>:<arg>`` as ``--config`` would load it."""
+    return config_util.load_config_file(os.path.join(ROOT, "configs", name), arg)
