@@ -51,7 +51,7 @@ A new method needs no edit to the core: name it in ``config.method`` by registry
 import importlib
 from types import ModuleType
 
-METHODS = ("supervised", "popularity", "sqn")
+METHODS = ("supervised", "popularity", "sqn", "sac", "snqn", "sa2c", "prl", "smorl")
 REQUIRED = ("init", "train_step", "predict")
 
 
@@ -68,7 +68,12 @@ def get_method(name: str) -> ModuleType:
         except ImportError as e:
             raise ValueError(f"config.method={name!r}: cannot import it ({e})") from e
     elif name in METHODS:
-        module = importlib.import_module(f"jaxrec.methods.{name}")
+        try:
+            module = importlib.import_module(f"jaxrec.methods.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"jaxrec.methods.{name}":
+                raise
+            raise ValueError(f"config.method={name!r} is not implemented yet") from e
     else:
         raise ValueError(f"unknown config.method {name!r}; available: {', '.join(METHODS)} "
                          f"(or a dotted module path)")

@@ -19,7 +19,7 @@ from jaxrec.data import prepare as prep
 from jaxrec.data.events import ItemInfo
 from jaxrec.data.tasks import EvalSet, Task, build_task
 from jaxrec.evaluators import ranking
-from jaxrec.methods import sqn
+from jaxrec.methods import double_q, sqn
 from jaxrec.train import loop
 from jaxrec.train.data import BatchSource
 
@@ -123,8 +123,8 @@ def test_sqn_stacked_step_equals_the_two_tree_formulation(tiny):
                            rngs={"dropout": k_next})["q"]
             qt = net.apply(tgt, batch["next_state"], batch["len_next_state"], True,
                            rngs={"dropout": k_tgt})["q"]
-            y = sqn.double_q_target(qt, qs, sqn.rewards(batch["is_buy"], hp),
-                                    batch["is_done"], hp.gamma)
+            r = double_q.rewards(batch["is_buy"], hp.r_click, hp.r_buy)
+            y = double_q.double_q_target(qt, qs, r, batch["is_done"], hp.gamma)
             td = 0.5 * jnp.square(y - jnp.take_along_axis(out["q"], batch["action"][:, None],
                                                            1)[:, 0])
             ce = optax.softmax_cross_entropy_with_integer_labels(out["s"], batch["action"])
@@ -460,3 +460,14 @@ def test_resume_with_another_prng_is_refused(tmp_path, tiny):
         experiment.run(c, str(tmp_path), dataset=tiny, progress=False)
     c.train.prng_impl = "unsafe_rbg"
     assert experiment.run(c, str(tmp_path), dataset=tiny, progress=False)["steps_done"] == 2
+
+
+def test_sample_negatives_never_the_positive_and_uniform():
+    pos = jnp.array([0, 3, 4] * 2000, jnp.int32)
+    neg = np.asarray(double_q.sample_negatives(jax.random.key(0), pos, 5, 10))
+    assert neg.shape == (6000, 10) and neg.min() >= 0 and neg.max() <= 4
+    assert not (neg == np.asarray(pos)[:, None]).any()
+    # Each of the 4 other items equally likely: 1/4 of the draws, within sampling error.
+    rows = neg[np.asarray(pos) == 3]
+    freq = np.bincount(rows.ravel(), minlength=5) / rows.size
+    np.testing.assert_allclose(freq, [0.25, 0.25, 0.25, 0, 0.25], atol=0.01)

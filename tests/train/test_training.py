@@ -12,7 +12,7 @@ import pytest
 from jaxrec import config_util, experiment
 from jaxrec.data import prepare as prep
 from jaxrec.data.tasks import build_task
-from jaxrec.methods import sqn
+from jaxrec.methods import double_q, sqn
 from jaxrec.train import loop
 from jaxrec.train.data import BatchSource
 from tests.train import raw_writers
@@ -28,7 +28,7 @@ def test_double_q_target_hand_example():
     q_sel = jnp.array([[0.0, 1.0, 2.0], [0.0, 0.0, 3.0], [4.0, 1.0, 2.0]])
     r = jnp.array([0.2, 1.0, 0.2])
     done = jnp.array([False, True, False])
-    y = sqn.double_q_target(q_tgt, q_sel, r, done, 0.5)
+    y = double_q.double_q_target(q_tgt, q_sel, r, done, 0.5)
     np.testing.assert_allclose(y, [0.2 + 0.5 * 5.0, 1.0, 0.2 + 0.5 * -1.0], rtol=1e-6)
     # Not the max of the target network (that would be 9.0 in row 0): double Q, not Q.
     assert float(y[0]) != pytest.approx(0.2 + 0.5 * 9.0)
@@ -39,7 +39,8 @@ def test_sqn_rewards_and_both_networks_update(tiny):
     task = build_task(config, tiny)
     src = BatchSource(task.train, 8, seed=0)
     state = sqn.init(jax.random.key(0), task, config)
-    np.testing.assert_allclose(sqn.rewards(jnp.array([1, 0]), state.hp), [1.0, 0.2])
+    np.testing.assert_allclose(double_q.rewards(jnp.array([1, 0]), state.hp.r_click,
+                                                state.hp.r_buy), [1.0, 0.2])
     p1, p2 = (jax.tree.map(lambda x: x[i], state.params) for i in (0, 1))
     step = jax.jit(sqn.train_step)
     losses = []
