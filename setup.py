@@ -33,9 +33,12 @@ setup(
         "pyarrow",  # vectorised raw-file parsing in the readers
         "importlib_resources",  # tensorflow-datasets imports it when building datasets
         "numpy",
+        "matplotlib==3.11.2",  # the notebooks in colabs/ plot with it
     ],
     extras_require={
         "cuda12": [f"jax[cuda12]=={JAX_VERSION}"],
-        "test": ["pytest", "pytest-xdist", "chex==0.1.92"],
+        "test": ["pytest", "pytest-xdist", "chex==0.1.92",
+                 # executing colabs/*.ipynb in smoke mode
+                 "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
     },
 )

@@ -57,6 +57,9 @@ flags.DEFINE_integer("max_epochs", 0, "Epoch budget per variant (0: the variant'
 flags.DEFINE_integer("patience", 10, "Stop after this many epochs without improvement.")
 flags.DEFINE_string("workdir", None, "Where runs go (default: a fresh temp directory).")
 flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_string("prng_impl", "threefry2x32", "config.train.prng_impl ('unsafe_rbg' makes "
+                    "dropout masks cheaper on CPU).")
+flags.DEFINE_float("lr", 1e-3, "Adam learning rate (RecBole's default 1e-3).")
 flags.DEFINE_integer("batch", 256, "Prefix examples (targets) per step.")
 flags.DEFINE_integer("window_batch", 0, "Windows per step for the window variants (0: "
                      "batch / stride, at least 1: up to --batch targets per step).")
@@ -83,7 +86,7 @@ def sasrec_config(variant: str, epochs: int, seed: int):
             m[k] = v
     m.num_blocks, m.num_heads, m.embed_dim, m.ffn_dim = 2, 2, 64, 256
     m.tie_head = True
-    c.optim.lr = 1e-3
+    c.optim.lr = FLAGS.lr
     c.train.batch_size = FLAGS.batch
     if variant != "prefixes":
         # A window trains up to `stride` targets (its last ones; CE at every trained
@@ -93,6 +96,7 @@ def sasrec_config(variant: str, epochs: int, seed: int):
     c.train.num_epochs = epochs
     c.train.eval_every_epochs = 1.0
     c.train.patience = FLAGS.patience
+    c.train.prng_impl = FLAGS.prng_impl
     c.train.log_every = 1000
     c.eval.exclude_history = False
     c.eval.select_metric = "all/ndcg@10"

@@ -2,7 +2,8 @@ r"""SQN (Xin et al., SIGIR 2020): double-Q head + supervised head on a shared en
 two networks swapped at random (rl.md §3-4). Ranking with the supervised head.
 
 Arguments (comma-separated after the colon):
-  dataset   synthetic (default) | retailrocket | yoochoose | movielens_1m
+  dataset   synthetic (default) | retailrocket | yoochoose | movielens_1m |
+            ml100k_recbole (users as sessions, every rating a click, as movielens_1m)
   encoder   gru4rec | caser | nextitnet | sasrec (default)
   raw_dir   directory with the dataset's raw files (real datasets)
   smoke     a few steps on tiny batches (CI)
@@ -24,9 +25,6 @@ ARGS = dict(dataset="synthetic", encoder="sasrec", raw_dir="", smoke=False)
 
 def get_config(arg=None):
     a = config_util.parse_arg(arg, ARGS)
-    if a["dataset"] == "ml100k_recbole":
-        raise ValueError("SQN needs session replay data; use dataset=movielens_1m or an RL "
-                         "dataset (leave-one-out data has no transitions)")
     c = config_util.base_config("sqn", a["dataset"], a["encoder"], a["smoke"],
                                 raw_dir=a["raw_dir"] or None, protocol="session")
     return c

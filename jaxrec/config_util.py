@@ -235,7 +235,7 @@ def base_config(method: str, dataset: str, encoder: str, smoke: bool,
     c.eval.ks = (5, 10, 20)
     c.eval.batch_size = 256
     c.eval.select_metric = "purchase/ndcg@10" if protocol == "session" else "all/ndcg@10"
-    if dataset == "movielens_1m" and protocol == "session":
+    if dataset in ("movielens_1m", "ml100k_recbole") and protocol == "session":
         c.eval.select_metric = "click/ndcg@10"   # ratings have no purchases
     c.eval.max_queries = 0           # 0: all queries
     c.eval.ties = "reference"        # the papers' argsort order; or 'pessimistic'
