@@ -345,3 +345,175 @@ def format_table(rows: Mapping[str, Mapping[str, float]],
         lines.append(str(name).ljust(name_w) + " | " + join(
             [[cell(vals.get(columns[i])) for i in ix] for _, ix in runs]))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ beyond accuracy
+# SMORL (Stamenkovic et al., WSDM 2022; rl.md §7 "Extra metrics") and the off-policy
+# corrected NDCG of SA2C (Xin et al., WSDM 2022; rl.md §5). The list metrics take the
+# recommended lists ``[Q, k]`` (best first, e.g. from :func:`top_k_items`) of all queries of a
+# split, gathered on the host; the rewards are jittable and shared with the SMORL method.
+
+
+def less_popular_items(item_freq, percentile: float = 90.0) -> np.ndarray:
+    """The "novel" items of SMORL: not among the top 10% most frequent.
+
+    An item is less popular when its count is at most the ``percentile``-th percentile of
+    the item counts (``np.percentile``, linear interpolation — the reproduction's
+    ``np.quantile(item_freqs, 0.9)`` and ``count <= threshold``, rl.md §7). The percentile
+    is taken over all N items of the catalogue; after the papers' preprocessing every item
+    occurs at least once, so this equals the reproduction's percentile over seen items.
+
+    Args:
+      item_freq: ``[N]`` item counts (``Task.item_freq``).
+      percentile: in [0, 100].
+    Returns:
+      ``[N]`` bool, True for the less popular items.
+    """
+    freq = np.asarray(item_freq)
+    if freq.ndim != 1 or not freq.size:
+        raise ValueError(f"less_popular_items: item_freq must have shape [N] with N > 0, got "
+                         f"{freq.shape}")
+    if not 0.0 <= float(percentile) <= 100.0:
+        raise ValueError(f"less_popular_items: percentile must be in [0, 100], got {percentile}")
+    return freq <= np.percentile(freq, float(percentile))
+
+
+def coverage(top_lists, num_items: int) -> float:
+    """Aggregate coverage CV@k: ``|unique items over all lists| / N``.
+
+    Args:
+      top_lists: ``[Q, k]`` int recommended items of every query.
+      num_items: N.
+    """
+    return float(np.unique(np.asarray(top_lists)).size / num_items)
+
+
+def novel_coverage(top_lists, less_popular) -> float:
+    """Fraction of the less popular items (:func:`less_popular_items`) that appear in at
+    least one list: ``|unique items over all lists ∩ L| / |L|`` (NaN when L is empty).
+
+    Args:
+      top_lists: ``[Q, k]`` int recommended items; less_popular: ``[N]`` bool mask of L.
+    """
+    less_popular = np.asarray(less_popular, bool)
+    n_novel = int(less_popular.sum())
+    if not n_novel:
+        return float("nan")
+    shown = np.unique(np.asarray(top_lists))
+    return float(less_popular[shown].sum() / n_novel)
+
+
+def session_repetitions(top_lists, sessions) -> float:
+    """Repetitions: the mean over sessions of the duplicates among a session's lists.
+
+    For a session with queries (steps) ``q_1..q_n`` and lists of length k, its duplicates
+    are ``n·k − |distinct items in the union of its n lists|``: every list entry beyond
+    the first occurrence of an item in that session counts once (an item shown at three
+    steps counts 2). The result is the plain mean of that count over the sessions present
+    (the reproduction's ``len(concat) − len(unique)`` per session, rl.md §7, which it
+    reports per session length; here one number over all sessions).
+
+    Args:
+      top_lists: ``[Q, k]`` int recommended items; sessions: ``[Q]`` session id of each
+        query (queries need not be contiguous per session).
+    Returns:
+      The mean (NaN with no query).
+    """
+    top = np.asarray(top_lists).astype(np.int64)
+    sess = np.asarray(sessions)
+    if top.ndim != 2 or sess.shape != top.shape[:1]:
+        raise ValueError(f"session_repetitions: need top_lists [Q, k] and sessions [Q], got "
+                         f"{top.shape} and {sess.shape}")
+    if not top.shape[0]:
+        return float("nan")
+    _, sid = np.unique(sess, return_inverse=True)
+    n_sess, k = int(sid.max()) + 1, top.shape[1]
+    base = int(top.max()) + 1
+    # Distinct (session, item) pairs, counted per session.
+    pairs = np.unique(np.repeat(sid, k).astype(np.int64) * base + top.ravel())
+    distinct = np.bincount(pairs // base, minlength=n_sess)
+    entries = np.bincount(sid, minlength=n_sess) * k
+    return float(np.mean(entries - distinct))
+
+
+def last_items(state, len_state, num_items: int, id_shift: int = 0):
+    """The last item of each input window as a dense id, the pad as N: ``[B]`` int32.
+
+    Right padding (``id_shift`` 0, the RL papers): the item at position ``len − 1``; an
+    empty history (``len`` 1 with the pad N there, rl.md §1.4) gives N. Left padding with
+    shifted ids (``id_shift`` 1, leave-one-out): position ``L − 1``, ``id − 1``, pad 0 → N.
+
+    Args:
+      state: ``[B, L]`` int ids; len_state: ``[B]`` int; num_items: N.
+    """
+    state = jnp.asarray(state)
+    if id_shift:
+        last = state[:, -1]
+        return jnp.where(last == 0, num_items, last - 1).astype(jnp.int32)
+    idx = jnp.clip(jnp.asarray(len_state) - 1, 0, state.shape[1] - 1)
+    return jnp.take_along_axis(state, idx[:, None], axis=1)[:, 0].astype(jnp.int32)
+
+
+def diversity_reward(table, last, recommended, eps: float = 1e-6):
+    """SMORL's diversity reward ``1 − cos(e(last item), e(recommended))`` (rl.md §7).
+
+    The cosine is ``x·y / (max(‖x‖, eps) · max(‖y‖, eps))`` (torch ``CosineSimilarity``
+    with eps 1e-6, as the reproduction), so a zero row gives cos 0 rather than NaN.
+
+    Args:
+      table: ``[N + 1, D]`` frozen item embeddings; row N is the pad, i.e. an empty
+        history (the reference's ``nn.Embedding(N + 1)`` lookup of the padded state).
+      last: ``[B]`` int ids in ``[0, N]`` (:func:`last_items`); recommended: ``[B]`` int.
+    Returns:
+      ``[B]`` float32 in [0, 2].
+    """
+    table = jnp.asarray(table, jnp.float32)
+    x, y = table[last], table[recommended]
+    norm = lambda v: jnp.maximum(jnp.linalg.norm(v, axis=-1), eps)
+    return 1.0 - jnp.sum(x * y, axis=-1) / (norm(x) * norm(y))
+
+
+def novelty_reward(less_popular, recommended):
+    """SMORL's novelty reward: 1 where the recommended item is less popular, else 0.
+
+    Args:
+      less_popular: ``[N]`` bool (:func:`less_popular_items`); recommended: ``[B]`` int.
+    Returns:
+      ``[B]`` float32.
+    """
+    return jnp.asarray(less_popular)[recommended].astype(jnp.float32)
+
+
+OFFPOLICY_NORMS = ("self", "mean")
+
+
+def offpolicy_ndcg(ranks, targets, popularity, k: int = 10, normalize: str = "self") -> float:
+    """Off-policy corrected NDCG@k of the SA2C release (rl.md §5, ``calculate_off``).
+
+    Each query's NDCG gain ``[rank ≤ k] / log2(rank + 1)`` is weighted by ``1 / pop(t)``,
+    with ``pop`` the target's share of all events (``Task.item_popularity``):
+
+    - ``'self'`` (the reference, default): ``Σ_q gain_q / pop(t_q)  /  Σ_q 1 / pop(t_q)``,
+      the self-normalised estimate (a weighted mean of the gains; the release computes it
+      separately over click and purchase queries);
+    - ``'mean'``: ``Σ_q gain_q / pop(t_q)  /  Q``, the plain average over queries (an
+      unnormalised inverse-propensity estimate; its scale grows as 1 / pop).
+
+    Args:
+      ranks: ``[Q]`` 1-based target ranks (:func:`target_ranks`); targets: ``[Q]`` ids;
+      popularity: ``[N]`` item shares; k: cut-off; normalize: 'self' or 'mean'.
+    Returns:
+      The estimate (NaN with no query). A zero popularity (a target never counted, which a
+      target event cannot be) is clipped to the smallest positive one.
+    """
+    if normalize not in OFFPOLICY_NORMS:
+        raise ValueError(f"offpolicy_ndcg: normalize must be one of {OFFPOLICY_NORMS}, got "
+                         f"{normalize!r}")
+    r = np.asarray(ranks, np.float64)
+    if not r.size:
+        return float("nan")
+    pop = np.asarray(popularity, np.float64)
+    pop = np.maximum(pop, pop[pop > 0].min() if (pop > 0).any() else 1.0)
+    w = 1.0 / pop[np.asarray(targets)]
+    gain = np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
+    return float((gain * w).sum() / (w.sum() if normalize == "self" else r.size))

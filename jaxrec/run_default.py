@@ -1,7 +1,7 @@
 """``make run``: the default experiment on the embedded synthetic data.
 
-Trains SASRec (supervised cross-entropy) and SASRec-SQN on the synthetic dataset's session
-split and prints both rows of a paper-style table (test HR/NDCG @5/10/20 for purchases and
+Trains SASRec (supervised cross-entropy), SASRec-SQN and SASRec-SA2C on the synthetic
+dataset's session split and prints their rows of a paper-style table (test HR/NDCG @5/10/20 for purchases and
 clicks, at the best validation step), plus the dataset's statistics table.
 
     python -m jaxrec.run_default [--workdir=DIR] [--epochs=N]
@@ -35,7 +35,8 @@ def main(argv):
     print("Synthetic dataset (embedded default):")
     print(dataset_table(ds))
     rows = {}
-    for label, cfg_file in (("SASRec", "supervised.py"), ("SASRec-SQN", "sqn.py")):
+    for label, cfg_file in (("SASRec", "supervised.py"), ("SASRec-SQN", "sqn.py"),
+                            ("SASRec-SA2C", "sa2c.py")):
         config = config_util.load_config_file(os.path.join(configs, cfg_file),
                                               "dataset=synthetic,encoder=sasrec")
         if FLAGS.epochs:

@@ -24,3 +24,10 @@ RAW = os.path.join(os.path.dirname(__file__), "data", "raw")
 def raw_dir():
     """Directory of the small raw-format fixtures (tests/data/raw/<format>)."""
     return RAW
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny synthetic dataset (300 sessions, 80 items), prepared once per session."""
+    from jaxrec.data import prepare as prep
+    return prep.load("synthetic", preset="tiny")

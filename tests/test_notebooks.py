@@ -17,7 +17,6 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, monkeypatch):
     import nbformat
     monkeypatch.setenv("JAXREC_SMOKE", "1")
     monkeypatch.setenv("JAXREC_NOTEBOOK_WORKDIR", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": ROOT}})

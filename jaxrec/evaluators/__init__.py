@@ -33,6 +33,7 @@ import ml_collections
 
 REGISTRY = {
     "ranking": "jaxrec.evaluators.ranking.RankingEvaluator",
+    "coverage": "jaxrec.evaluators.coverage.CoverageEvaluator",
 }
 
 

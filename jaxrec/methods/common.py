@@ -127,6 +127,18 @@ def make_optimizer(optim, params=None) -> optax.GradientTransformation:
     return tx
 
 
+def gradient_step(state, loss_fn, batch, rng):
+    """One optimizer step of a single-network method.
+
+    ``state`` has ``params``, ``opt_state``, ``step`` and a static ``tx``;
+    ``loss_fn(params, state, batch, rng) -> (loss, metrics)``. Returns (state, metrics).
+    """
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state, batch, rng)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
 def cross_entropy(logits, labels, weights=None):
     """Softmax cross-entropy per row. logits [..., N], labels [...] int (−1 = ignore).
 

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
 from jaxrec.methods import common
@@ -71,10 +69,7 @@ def loss_fn(params, state: State, batch, rng):
 
 def train_step(state: State, batch, rng, consts=None):
     del consts
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state, batch, rng)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return common.gradient_step(state, loss_fn, batch, rng)
 
 
 def predict(state: State, batch, consts=None):

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import config_util, experiment
-from jaxrec.data import prepare as prep
+from jaxrec import experiment
 from jaxrec.data.tasks import build_task
 from jaxrec.methods import double_q, sqn
 from jaxrec.train import loop

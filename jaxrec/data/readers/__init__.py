@@ -69,7 +69,7 @@ def check_options(name: str, options) -> None:
                          f"accepted: {', '.join(params) or 'none'}")
 
 
-def read(name: str, raw_dir, **options) -> EventLog:
+def read(name: str, raw_dir, /, **options) -> EventLog:
     """``READERS[name](raw_dir, **options)`` with errors naming the known readers and
     options."""
     if name not in READERS:
