@@ -41,7 +41,8 @@ flags.DEFINE_integer("seed", 0, "Seed of every run.")
 flags.DEFINE_string("workdir", None, "Where runs go (default: a fresh temp directory).")
 flags.DEFINE_string("out", None, "Also write the table as Markdown to this file.")
 
-EXTRA_COLUMNS = ("cv@10", "novel_cv@10", "repetitions@10", "offpolicy_ndcg@10")
+EXTRA_COLUMNS = ("coverage/cv@10", "coverage/novel_cv@10", "coverage/repetitions@10",
+                 "coverage/offpolicy_ndcg@10")
 
 
 def config_for(method: str, encoder: str, pretrained: str):
@@ -82,9 +83,7 @@ def main(argv):
             datasets[key] = tasks.load_dataset(config)
         res = experiment.run(config, os.path.join(root, f"{method}_{encoder}"),
                              dataset=datasets[key], progress=False)
-        rows[f"{method}/{encoder}"] = {**res["test"],
-                                       **{k.split("/", 1)[-1]: v for k, v in res["test"].items()
-                                          if k.split("/", 1)[-1] in EXTRA_COLUMNS}}
+        rows[f"{method}/{encoder}"] = res["test"]
     table = M.format_table(rows)
     extra = [c for c in EXTRA_COLUMNS if any(c in r for r in rows.values())]
     lines = [f"Test metrics at the best validation step — {FLAGS.dataset}", table]
