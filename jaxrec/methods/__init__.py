@@ -82,9 +82,3 @@ def get_method(name: str) -> ModuleType:
         raise ValueError(f"method module {module.__name__!r} lacks {', '.join(missing)} "
                          f"(the contract: init, train_step, predict)")
     return module
-
-
-def make_consts(method: ModuleType, config, task):
-    """``method.make_consts(config, task)``, or None for a method without frozen arrays."""
-    fn = getattr(method, "make_consts", None)
-    return fn(config, task) if fn is not None else None

@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec import evaluators as ev_lib
-from jaxrec.methods import make_consts
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.data import BatchSource
 
@@ -190,7 +189,10 @@ def train(method: ModuleType, task, config, workdir: str, *,
         raise ValueError(f"config.train.prng_impl={impl!r}; accepted: {', '.join(PRNG_IMPLS)}")
     init_key, root = jax.random.split(jax.random.key(int(config.seed), impl=impl))
     state = method.init(init_key, task, config)
-    consts = make_consts(method, config, task)
+    # Frozen arrays of the method (None without make_consts): rebuilt here on every start,
+    # never checkpointed.
+    make = getattr(method, "make_consts", None)
+    consts = make(config, task) if make is not None else None
     ckpt = Checkpointer(workdir, max_to_keep=int(config.train.get("max_checkpoints", 2)))
     book = Bookkeeping(select, lambda m: ev_lib.lower_is_better(evaluators, m))
     book.record["prng_impl"] = impl
