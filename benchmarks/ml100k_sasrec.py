@@ -44,6 +44,7 @@ import time
 
 from absl import app, flags, logging
 
+import report
 from jaxrec import config_util, experiment
 from jaxrec.data import tasks
 from jaxrec.encoders import RECBOLE_SASREC
@@ -158,14 +159,9 @@ def main(argv):
     text = "\n".join(lines)
     print("\n" + text)
     if FLAGS.out:
-        import shlex
-        import sys
-        cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python"] + sys.argv)
-        with open(FLAGS.out, "w") as f:
-            f.write(f"# SASRec on ML-100K: time to validation NDCG@10 >= {FLAGS.target}\n\n"
-                    f"Command (2-core CPU; NDCG values repeat on the same machine, times "
-                    f"vary with load):\n\n```\n{cmd}\n```\n\n```\n{text}\n```\n")
-        print(f"written to {FLAGS.out}")
+        report.write_markdown(
+            FLAGS.out, f"SASRec on ML-100K: time to validation NDCG@10 >= {FLAGS.target}",
+            text, " (2-core CPU; NDCG values repeat on the same machine, times vary with load)")
     print(f"runs under {root}")
 
 

@@ -19,12 +19,11 @@ the same machine reproduces the file.
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 import tempfile
 
 from absl import app, flags, logging
 
+import report
 from jaxrec import config_util, experiment
 from jaxrec import metrics as M
 from jaxrec.data import tasks
@@ -93,11 +92,7 @@ def main(argv):
     text = "\n".join(lines)
     print("\n" + text)
     if FLAGS.out:
-        cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python"] + sys.argv)
-        with open(FLAGS.out, "w") as f:
-            f.write(f"# RL recommenders on {FLAGS.dataset}\n\nCommand:\n\n```\n{cmd}\n```\n\n"
-                    f"```\n{text}\n```\n")
-        print(f"written to {FLAGS.out}")
+        report.write_markdown(FLAGS.out, f"RL recommenders on {FLAGS.dataset}", text)
     print(f"runs under {root}")
 
 

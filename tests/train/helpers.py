@@ -10,3 +10,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def get_config(name, arg=""):
     """``configs/<name>:<arg>`` as ``--config`` would load it."""
     return config_util.load_config_file(os.path.join(ROOT, "configs", name), arg)
+
+
+def run_main(args, workdir, timeout: int = 600):
+    """``python -m jaxrec.main --workdir=WORKDIR *args`` from the repository root;
+    returns the CompletedProcess (text output captured)."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "jaxrec.main", f"--workdir={workdir}",
+                           *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)

@@ -23,7 +23,7 @@ from jaxrec.methods import double_q, sqn
 from jaxrec.train import loop
 from jaxrec.train.data import BatchSource
 
-from tests.train.helpers import ROOT, get_config
+from tests.train.helpers import ROOT, get_config, run_main
 
 
 # ------------------------------------------------------------------ SQN, one step by hand
@@ -398,12 +398,8 @@ def test_eval_every_in_epochs(tiny):
 # ------------------------------------------------------------------ a method from outside
 def test_toy_method_with_own_consts_and_evaluator_runs_through_main(tmp_path):
     import json
-    import subprocess
-    import sys
-    out = subprocess.run(
-        [sys.executable, "-m", "jaxrec.main", "--config=tests/train/toy_config.py:smoke",
-         f"--workdir={tmp_path}", "--config.train.num_steps=6", "--config.train.eval_every=3"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = run_main(["--config=tests/train/toy_config.py:smoke", "--config.train.num_steps=6",
+                    "--config.train.eval_every=3"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.load(open(tmp_path / "results.json"))
     tiny = prep.load("synthetic", preset="tiny")

@@ -16,7 +16,7 @@ from jaxrec.train import loop
 from jaxrec.train.data import BatchSource
 from tests.train import raw_writers
 
-from tests.train.helpers import ROOT, get_config
+from tests.train.helpers import ROOT, get_config, run_main
 
 
 # ------------------------------------------------------------------ SQN
@@ -183,12 +183,8 @@ def test_config_trainable_patterns_freeze_the_rest(tiny):
 
 def test_main_entry_point_with_overrides(tmp_path):
     """python -m jaxrec.main --config=...:args --config.x=y, as the README shows."""
-    import subprocess
-    import sys
-    out = subprocess.run(
-        [sys.executable, "-m", "jaxrec.main", "--config=configs/sqn.py:encoder=gru4rec,smoke",
-         f"--workdir={tmp_path}", "--config.train.num_steps=3", "--config.rl.gamma=0.3"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = run_main(["--config=configs/sqn.py:encoder=gru4rec,smoke",
+                    "--config.train.num_steps=3", "--config.rl.gamma=0.3"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "sqn/gru4rec" in out.stdout and "NG@10" in out.stdout
     res = json.load(open(tmp_path / "results.json"))
@@ -198,10 +194,7 @@ def test_main_entry_point_with_overrides(tmp_path):
 
 def _main_error(args, tmp_path):
     """Runs jaxrec.main expecting a user error: exit 2, one 'error:' line, no traceback."""
-    import subprocess
-    import sys
-    out = subprocess.run([sys.executable, "-m", "jaxrec.main", f"--workdir={tmp_path}/run",
-                          *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = run_main(args, tmp_path / "run")
     errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert out.returncode == 2 and len(errors) == 1, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
@@ -224,9 +217,6 @@ def test_main_errors_are_one_line_with_status_2(tmp_path):
     assert "events.csv:4" in line, line
     # A checkpoint written by another config is named, not a traceback.
     ok = ["--config=configs/sqn.py:encoder=gru4rec,smoke", "--config.train.num_steps=2"]
-    import subprocess
-    import sys
-    subprocess.run([sys.executable, "-m", "jaxrec.main", f"--workdir={tmp_path}/run", *ok],
-                   capture_output=True, check=True, timeout=600, cwd=ROOT)
+    assert run_main(ok, tmp_path / "run").returncode == 0
     line = _main_error(ok + ["--config.model.embed_dim=32"], tmp_path)
     assert "checkpoint" in line and f"{tmp_path}/run" in line
