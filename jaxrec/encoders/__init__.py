@@ -31,12 +31,14 @@ from jaxrec.encoders.common import EncoderConfig, read_state
 from jaxrec.encoders.gru4rec import GRU4Rec
 from jaxrec.encoders.nextitnet import NextItNet
 from jaxrec.encoders.sasrec import RECBOLE_SASREC, SASRec
+from jaxrec.encoders.youtube_dnn import YouTubeDNN
 
 ENCODERS = {
     "gru4rec": GRU4Rec,
     "caser": Caser,
     "nextitnet": NextItNet,
     "sasrec": SASRec,
+    "youtube_dnn": YouTubeDNN,
 }
 
 # Keys a method config may keep next to the encoder fields; make_encoder consumes them.
@@ -47,7 +49,8 @@ def make_encoder(name: str, config: Any = None, *, num_items: Optional[int] = No
     """Builds an encoder by registry name.
 
     Args:
-      name: one of ``ENCODERS`` ('gru4rec', 'caser', 'nextitnet', 'sasrec').
+      name: one of ``ENCODERS`` ('gru4rec', 'caser', 'nextitnet', 'sasrec',
+        'youtube_dnn').
       config: an :class:`EncoderConfig`, a dict, or an ``ml_collections.ConfigDict``
         (which may also hold ``num_items`` and ``name``); None = paper defaults.
       num_items: N; overrides ``config.num_items`` when both are given.
@@ -74,5 +77,5 @@ def make_encoder(name: str, config: Any = None, *, num_items: Optional[int] = No
     return ENCODERS[key](int(num_items), cfg)
 
 
-__all__ = ["ENCODERS", "EncoderConfig", "GRU4Rec", "Caser", "NextItNet", "SASRec",
+__all__ = ["ENCODERS", "EncoderConfig", "GRU4Rec", "Caser", "NextItNet", "SASRec", "YouTubeDNN",
            "RECBOLE_SASREC", "make_encoder", "read_state"]

@@ -107,10 +107,20 @@ class EncoderConfig:
         N(0, 0.01), Glorot-uniform Dense; 'post_ln': Glorot-normal positions and Dense). A
         float = N(0, init_std) for the item table, the position table and every Dense
         kernel, biases 0 (BERT's and RecBole's ``initializer_range``, 0.02).
+      ffn_conv: the FFN's two layers as kernel-1 Conv1d (``inner_cnn`` / ``readout_cnn``,
+        kernels ``[1, D, F]``) instead of Dense (``inner`` / ``outer``). Numerically the
+        same map; it gives PCRec's parameter layout (``SASRec/Modules.py`` ``feedforward``),
+        whose transplanting treats the ``cnn`` tensors as their own layers. Off by default.
       position_ids: 'index' = position j of the array gets P[j] (kang205, SQN, IISAN: with
         left padding the newest item is always at P[L-1]); 'from_first' = the k-th real
         item, counting from 0 at the oldest one in the window, gets P[k] (RecBole, which
         pads on the right). Both agree when the window is full or padding is 'right'.
+
+    YouTube-DNN (PCRec's ``YoutubeDNN.py``):
+      mlp_layers: Dense(D) + ReLU layers applied to each item vector before pooling (1).
+      mean_over_pads: average over all L positions, pads included, as the PCRec code's
+        ``torch.mean(h, dim=1)`` does (a pad contributes ReLU(bias)); False = mean over
+        the real items only.
     """
 
     embed_dim: int = 64
@@ -145,6 +155,10 @@ class EncoderConfig:
     ffn_internal_dropout: bool = True
     init_std: Optional[float] = None
     position_ids: str = "index"
+    ffn_conv: bool = False
+    # YouTube-DNN
+    mlp_layers: int = 1
+    mean_over_pads: bool = False
 
     def __post_init__(self):
         # Lists from YAML/ConfigDict become tuples so the config stays hashable (linen
@@ -188,6 +202,8 @@ class EncoderConfig:
         if self.embed_dim % self.num_heads:
             fail("num_heads", f"embed_dim={self.embed_dim} is not divisible by "
                  f"num_heads={self.num_heads}")
+        if not isinstance(self.mlp_layers, (int, np.integer)) or self.mlp_layers < 0:
+            fail("mlp_layers", f"expected a non-negative integer, got {self.mlp_layers!r}")
         if self.ln_eps <= 0:
             fail("ln_eps", f"expected a positive epsilon, got {self.ln_eps!r}")
 

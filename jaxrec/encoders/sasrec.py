@@ -134,21 +134,30 @@ class MultiHeadAttention(nn.Module):
 class _FeedForward(nn.Module):
     """Point-wise FFN ``[B, L, D] -> [B, L, D]``: Dense(ffn_dim) -> activation -> Dense(D),
     with dropout after each layer (the reference's two kernel-1 conv1d layers; a rate of 0
-    leaves both out)."""
+    leaves both out). ``conv=True`` builds the two layers as kernel-1 convolutions over
+    the positions (PCRec's ``inner_cnn`` / ``readout_cnn``, kernels ``[1, D, F]``): the same
+    map, PCRec's parameter layout."""
 
     dim: int
     ffn_dim: int
     dropout: float
     kernel_init: nn.initializers.Initializer
     activation: str = "relu"
+    conv: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         drop = (lambda t: nn.Dropout(self.dropout)(t, deterministic=not train)) \
             if self.dropout > 0 else (lambda t: t)
         act = ACTIVATIONS[self.activation]
-        h = drop(act(nn.Dense(self.ffn_dim, kernel_init=self.kernel_init, name="inner")(x)))
-        return drop(nn.Dense(self.dim, kernel_init=self.kernel_init, name="outer")(h))
+        if self.conv:
+            layer = lambda n, name: nn.Conv(n, (1,), kernel_init=self.kernel_init, name=name)
+            names = ("inner_cnn", "readout_cnn")
+        else:
+            layer = lambda n, name: nn.Dense(n, kernel_init=self.kernel_init, name=name)
+            names = ("inner", "outer")
+        h = drop(act(layer(self.ffn_dim, names[0])(x)))
+        return drop(layer(self.dim, names[1])(h))
 
 
 class _Block(nn.Module):
@@ -168,7 +177,7 @@ class _Block(nn.Module):
                                   cfg.resolved_mask_value(), init, name="attention")
         ffn = _FeedForward(cfg.embed_dim, cfg.ffn_dim,
                            self.dropout if cfg.ffn_internal_dropout else 0.0, init,
-                           cfg.activation, name="ffn")
+                           cfg.activation, cfg.ffn_conv, name="ffn")
         drop = (lambda t: nn.Dropout(self.dropout)(t, deterministic=not train)) \
             if self.dropout > 0 else (lambda t: t)
         if cfg.norm_style == "reference":
