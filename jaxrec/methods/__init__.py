@@ -51,7 +51,8 @@ A new method needs no edit to the core: name it in ``config.method`` by registry
 import importlib
 from types import ModuleType
 
-METHODS = ("supervised", "popularity", "sqn", "sac", "snqn", "sa2c", "prl", "smorl")
+METHODS = ("supervised", "popularity", "sqn", "sac", "snqn", "sa2c", "prl", "smorl",
+           "reinforce", "latent_intent", "pcrec")
 REQUIRED = ("init", "train_step", "predict")
 
 
