@@ -294,3 +294,7 @@ def sequence_task(dataset: prep.Dataset, config) -> TaskParts:
             "session": users.session_ids[loo.users].astype(np.int32),
             "position": (seq_len - back).astype(np.int32)}, "loo", LOO_GROUPS, id_shift=1))
     return TaskParts(train, *evals)
+
+
+# Data kinds defined in their own modules register themselves when imported.
+from jaxrec.data import intent as _intent  # noqa: E402,F401  (kind 'intent')
