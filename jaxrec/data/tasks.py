@@ -30,6 +30,9 @@ Kinds registered here:
   every target keeps a long context), or ``'prefixes'`` = one example per prefix with a single
   ``action [T]`` (the data augmentation of RecBole-style sequential training).
   Evaluation: the leave-one-out protocol.
+- ``'intent'`` (registered by :mod:`jaxrec.data.intent`, imported at the end of this
+  module): per-event rows with behaviour signals and discounted returns for the
+  latent-intent / REINFORCE recommenders; session protocol with the synthetic truth.
 
 Evaluation protocols (the :class:`EvalSet` fields):
 
