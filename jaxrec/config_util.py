@@ -231,6 +231,12 @@ def base_config(method: str, dataset: str, encoder: str, smoke: bool,
     c.train.prng_impl = "threefry2x32"   # or 'rbg' / 'unsafe_rbg' (faster dropout on CPU)
     c.train.log_every = 100
     c.train.max_checkpoints = 2
+    c.train.compute_dtype = "float32"   # or 'bfloat16': bf16 matmuls, f32 accumulation
+                                        # (GPU/TPU; XLA:CPU ignores it)
+    # Device mesh (jaxrec.train.sharding): data x model devices, -1 = the rest; 1 x 1 is
+    # the single-device path. model_patterns: regexes of the state leaves split over
+    # 'model' along their item axis (empty: item tables and item-scoring heads).
+    c.mesh = ml_collections.ConfigDict({"data": 1, "model": 1, "model_patterns": ()})
     c.eval = ml_collections.ConfigDict()    # shared evaluator settings
     c.eval.ks = (5, 10, 20)
     c.eval.batch_size = 256

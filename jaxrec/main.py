@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 from jaxrec import experiment
 from jaxrec import metrics as M
+from jaxrec.train import sharding
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sqn.py:smoke.",
@@ -30,8 +31,13 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)
     config = FLAGS.config
+    # Several processes (SLURM, Open MPI, JAX_COORDINATOR_ADDRESS, ...): join the job
+    # before any JAX work; a no-op in a single process (jaxrec.train.sharding).
+    sharding.initialize_distributed()
     res = experiment.run(config, FLAGS.workdir)
     label = res["label"]
+    if not sharding.is_writer():
+        return
     print(f"\nTest metrics at the best validation step ({res['best_step']}) — "
           f"{res['dataset']}:")
     print(results_table({label: res}))

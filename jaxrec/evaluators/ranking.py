@@ -23,6 +23,12 @@ Options (``config.eval`` overridden by the evaluator's ``config.evals`` entry):
   not). Default False.
 - ``mask_target_if_in_history``: with ``exclude_history``, a target that is itself in
   the window counts as a miss (IISAN's code, default) or keeps its score.
+
+On a device mesh (``config.mesh``, :mod:`jaxrec.train.sharding`) each batch is split over
+``data`` and, when ``model`` > 1, the scores' item axis over ``model``: the target's rank
+is computed shard by shard and merged by two ``psum`` s of ``[B]`` values
+(:func:`jaxrec.train.sharding.sharded_target_ranks`), so ``[B, N]`` is never gathered on
+one device; the numbers are those of the unsharded path.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from types import ModuleType
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrec import metrics as M
+from jaxrec.train import sharding as sh
 from jaxrec.train.data import eval_batches
 
 
@@ -68,7 +76,7 @@ class RankingEvaluator:
     lower_is_better = ()
 
     def __init__(self, method: ModuleType, task, config, options):
-        del config
+        self.mesh = sh.mesh_from_config(config)       # None: one device
         self.options = options
         self.task = task
         self.ks = tuple(int(k) for k in options.get("ks", (5, 10, 20)))
@@ -80,6 +88,10 @@ class RankingEvaluator:
         mask_target = bool(options.get("mask_target_if_in_history", True))
         n = task.num_items
         predict = method.predict
+        mesh = self.mesh
+        if mesh is not None:
+            self._batch_sh = NamedSharding(mesh, sh.batch_spec(self.batch_size, mesh))
+            self._rows = sh.local_rows(self._batch_sh, self.batch_size)
 
         def make_rank(id_shift: int):
             """A jitted (state, batch, consts) -> ranks [B] for one id convention."""
@@ -90,11 +102,19 @@ class RankingEvaluator:
                     raise ValueError(f"{method.__name__}.predict returned scores of shape "
                                      f"{scores.shape}; the ranking evaluator needs "
                                      f"[B, N={n}]")
+                if mesh is not None and sh.model_size(mesh) > 1:
+                    return sh.sharded_target_ranks(
+                        scores, batch["target"], mesh,
+                        batch["state"] if exclude else None, id_shift,
+                        mask_target_if_in_history=mask_target, ties=ties)
                 excl = history_mask(batch["state"], n, id_shift) if exclude else None
                 return M.target_ranks(scores, batch["target"], excl,
                                       mask_target_if_in_history=mask_target, ties=ties)
 
-            return jax.jit(rank_fn)
+            if mesh is None:
+                return jax.jit(rank_fn)
+            # Ranks come back replicated ([B] ints), so every host can read them.
+            return jax.jit(rank_fn, out_shardings=NamedSharding(mesh, P()))
 
         # Validation and test share a convention, so one function serves both and compiles
         # once per run.
@@ -125,7 +145,12 @@ class RankingEvaluator:
         rank = self._rank[split]
         acc = M.MetricAccumulator(self.ks, ev.groups)
         for batch, n in eval_batches(ev.arrays, self.batch_size):
-            ranks = np.asarray(rank(state, batch, ctx))
+            if self.mesh is None:
+                ranks = np.asarray(rank(state, batch, ctx))
+            else:   # this host's rows of the batch, as one global batch over 'data'
+                dev = sh.global_batch({k: v[self._rows] for k, v in batch.items()},
+                                      self._batch_sh, self.batch_size)
+                ranks = np.asarray(rank(state, dev, ctx))
             acc.add(ranks, group=batch.get("group"), valid=np.arange(len(ranks)) < n,
                     reward=batch.get("reward"))
         out = acc.result()

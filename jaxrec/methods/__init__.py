@@ -40,6 +40,13 @@ Optional:
     Computed once per evaluation, before the batches (e.g. an item tower over all N
     items); its result replaces ``consts`` in ``predict`` during that evaluation.
 
+``SHARD_PATTERNS: tuple[str, ...]``
+    Regexes over '/'-joined state paths (``params/params/encoder/item_embed/embedding``)
+    of further leaves with an item axis to split over the mesh's ``model`` axis, beyond
+    :data:`jaxrec.train.sharding.DEFAULT_MODEL_PATTERNS` (item tables, ``head_*`` layers
+    and their optimizer moments). Only needed for item-sized leaves named otherwise; the
+    trainer shards the state itself, so no method code changes for several devices.
+
 ``EVALUATORS: dict[str, type]``
     Evaluators that come with the method, by type name, usable in ``config.evals``
     (see :mod:`jaxrec.evaluators`).

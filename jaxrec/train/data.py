@@ -36,6 +36,12 @@ class BatchSource:
         idx = np.asarray(self._index[int(i)])
         return {k: v[idx] for k, v in self.arrays.items()}
 
+    def rows(self, i: int, rows: slice) -> dict:
+        """Rows ``rows`` of batch i, gathered without the rest: one host's part of a
+        global batch split over several hosts (same order as ``source[i][rows]``)."""
+        idx = np.asarray(self._index[int(i)])[rows]
+        return {k: v[idx] for k, v in self.arrays.items()}
+
 
 def eval_batches(arrays: dict, batch_size: int):
     """Yields (batch dict of [b, ...] arrays, number of real rows) over ``[Q, ...]`` arrays,

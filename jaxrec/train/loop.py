@@ -20,7 +20,13 @@ method; which method, task and evaluators run is decided by the caller
 - checkpoints (orbax) hold the method state and the bookkeeping; metrics go to
   ``<workdir>/metrics.jsonl`` and to the console; ``<workdir>/results.json`` at the end;
 - a non-finite loss stops the run with an error naming the step range, without saving,
-  so the last checkpoint on disk is the last good one.
+  so the last checkpoint on disk is the last good one;
+- ``config.mesh`` (:mod:`jaxrec.train.sharding`): with more than one device the state is
+  created in its shards (item tables and heads split over ``model``, the rest
+  replicated), batches are split over ``data`` (each process loads its own rows), the
+  step is jitted with those in/out shardings, and only process 0 writes logs and
+  results. ``data=1, model=1`` (the default) is the single-device path, unchanged;
+- ``config.train.compute_dtype='bfloat16'``: matmuls in bf16 with f32 accumulation.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrec import evaluators as ev_lib
+from jaxrec.train import sharding as sh
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.data import BatchSource
 
@@ -72,6 +80,8 @@ def json_safe(obj: Any) -> Any:
 
 
 def _log_jsonl(path: str, record: dict) -> None:
+    if not sh.is_writer():              # several hosts: process 0 writes
+        return
     with open(path, "a") as f:
         f.write(json.dumps(json_safe(record)) + "\n")
 
@@ -158,11 +168,17 @@ def train(method: ModuleType, task, config, workdir: str, *,
       progress: show a tqdm progress bar.
     Returns:
       {'best_step', 'validation', 'test', 'best_validation', 'num_steps', 'steps_done',
-       'stats', 'notes', ..., 'state'} — everything but 'state' is also in results.json.
+       'stats', 'notes', ..., 'state', 'step_traces'} — everything but 'state' and
+      'step_traces' (how many times the step was traced, i.e. compiled) is also in
+      results.json.
     """
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    writer = sh.is_writer()
+    if writer:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    mesh = sh.mesh_from_config(config)        # None: one device, no sharding at all
+    precision = sh.precision_context(config)
 
     plan = schedule(config, task)
     num_steps, eval_every = plan["num_steps"], plan["eval_every"]
@@ -188,11 +204,22 @@ def train(method: ModuleType, task, config, workdir: str, *,
     if impl not in PRNG_IMPLS:
         raise ValueError(f"config.train.prng_impl={impl!r}; accepted: {', '.join(PRNG_IMPLS)}")
     init_key, root = jax.random.split(jax.random.key(int(config.seed), impl=impl))
-    state = method.init(init_key, task, config)
     # Frozen arrays of the method (None without make_consts): rebuilt here on every start,
     # never checkpointed.
     make = getattr(method, "make_consts", None)
     consts = make(config, task) if make is not None else None
+    if mesh is None:
+        state = method.init(init_key, task, config)
+    else:
+        sh.check_batch(task.batch_size, mesh)
+        patterns = sh.model_patterns(config, method)
+        state, state_sh, notes = sh.init_sharded(
+            lambda k: method.init(k, task, config), init_key, mesh, patterns, task.num_items)
+        consts_sh, c_notes = sh.tree_shardings(consts, mesh, patterns, task.num_items,
+                                               prefix="consts/")
+        consts = jax.device_put(consts, consts_sh)
+        if writer:
+            print(sh.describe(mesh, {**notes, **c_notes}))
     ckpt = Checkpointer(workdir, max_to_keep=int(config.train.get("max_checkpoints", 2)))
     book = Bookkeeping(select, lambda m: ev_lib.lower_is_better(evaluators, m))
     book.record["prng_impl"] = impl
@@ -211,21 +238,46 @@ def train(method: ModuleType, task, config, workdir: str, *,
     # The step donates its input state; methods may legitimately alias one array in two
     # leaves (e.g. shared zeros), which donation forbids, so give every leaf its own buffer.
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
-    step_fn = jax.jit(method.train_step, donate_argnums=0)
-    print(f"{task.name}: {task.num_train} training examples, {task.steps_per_epoch} steps "
-          f"per epoch (batch {task.batch_size}); {num_steps} steps, evaluation every "
-          f"{eval_every}")
+    traces = [0]      # how often the step was traced (= compiled); 1 in a healthy run
+
+    def train_step(*args):
+        traces[0] += 1
+        return method.train_step(*args)
+
+    if mesh is None:
+        step_fn = jax.jit(train_step, donate_argnums=0)
+        get_batch = source.__getitem__
+    else:
+        # Explicit in/out shardings: the state comes back laid out as it went in, so the
+        # step compiles once; GSPMD adds the gradient all-reduce over 'data'.
+        repl = NamedSharding(mesh, P())
+        batch_sh = NamedSharding(mesh, P("data"))
+        step_fn = jax.jit(train_step, donate_argnums=0,
+                          in_shardings=(state_sh, batch_sh, repl, consts_sh),
+                          out_shardings=(state_sh, repl))
+        rows = sh.local_rows(batch_sh, task.batch_size)
+
+        def get_batch(i):       # this process's rows of batch i, as one global batch
+            return sh.global_batch(source.rows(i, rows), batch_sh, task.batch_size)
+    if not writer:
+        progress = False
+    if writer:
+        print(f"{task.name}: {task.num_train} training examples, {task.steps_per_epoch} "
+              f"steps per epoch (batch {task.batch_size}); {num_steps} steps, evaluation "
+              f"every {eval_every}")
 
     patience = int(config.train.get("patience", 0) or 0)
     t_start = time.time()
 
     def run_eval(state, step: int) -> bool:
         """Evaluates; returns True when early stopping says to stop."""
-        val = ev_lib.run_all(evaluators, state, consts, "validation")
+        with precision():
+            val = ev_lib.run_all(evaluators, state, consts, "validation")
         _log_jsonl(metrics_path, {"step": step, "split": "validation", "time": time.time(),
                                   "elapsed_s": time.time() - t_start, **val})
         if book.update(step, val):
-            test = ev_lib.run_all(evaluators, state, consts, "test")
+            with precision():
+                test = ev_lib.run_all(evaluators, state, consts, "test")
             _log_jsonl(metrics_path, {"step": step, "split": "test", **test})
             book.record["test"] = json_safe(test)
             book.record["stale"] = 0
@@ -233,8 +285,9 @@ def train(method: ModuleType, task, config, workdir: str, *,
             book.record["stale"] = book.record.get("stale", 0) + 1
         r = book.record
         best = "nan" if r["best_value"] is None else f"{r['best_value']:.4f}"
-        print(f"[step {step}] validation {select} = {float(val.get(select, np.nan)):.4f} "
-              f"(best {best} at step {r['best_step']})")
+        if writer:
+            print(f"[step {step}] validation {select} = {float(val.get(select, np.nan)):.4f} "
+                  f"(best {best} at step {r['best_step']})")
         return patience > 0 and r["stale"] >= patience
 
     start = int(book.record["step"])
@@ -250,8 +303,9 @@ def train(method: ModuleType, task, config, workdir: str, *,
     window = []
     t0 = time.time()
     for step in range(start, num_steps):
-        batch = source[step]
-        state, m = step_fn(state, batch, jax.random.fold_in(root, step), consts)
+        batch = get_batch(step)
+        with precision():
+            state, m = step_fn(state, batch, jax.random.fold_in(root, step), consts)
         window.append(m)
         done = step + 1
         at_log = done % log_every == 0 or done == num_steps
@@ -303,8 +357,9 @@ def train(method: ModuleType, task, config, workdir: str, *,
                "select_metric": select, "validation": r["validation"], "test": r["test"],
                "best_validation": r["best_validation"], "notes": RESULT_NOTES,
                "stats": task.stats}
-    if stop_after is None or r["step"] >= num_steps:
+    if writer and (stop_after is None or r["step"] >= num_steps):
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(json_safe(results), f, indent=2)
     results["state"] = state
+    results["step_traces"] = traces[0]
     return results
