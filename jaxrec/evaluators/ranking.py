@@ -125,7 +125,11 @@ class RankingEvaluator:
                 by_shift[shift] = make_rank(shift)
             self._rank[split] = by_shift[shift]
         pre = getattr(method, "eval_consts", None)
-        self._eval_consts = jax.jit(pre) if pre is not None else None
+        if pre is not None and sh.model_size(mesh) > 1:
+            # an item tower's [N, d] output split over 'model' like the item tables
+            self._eval_consts = sh.jit_item_sharded(pre, mesh, n)
+        else:
+            self._eval_consts = jax.jit(pre) if pre is not None else None
 
     def metric_names(self, split: str) -> list:
         """The keys :meth:`run` returns for ``split``."""

@@ -233,7 +233,8 @@ def train(method: ModuleType, task, config, workdir: str, *,
                              f"would switch random streams mid-run; use {saved_impl!r}")
         book.record.update(record)
         logging.info("resumed from %s at step %d", ckpt.directory, latest)
-        print(f"Resuming from checkpoint at step {latest} in {ckpt.directory}")
+        if writer:
+            print(f"Resuming from checkpoint at step {latest} in {ckpt.directory}")
 
     # The step donates its input state; methods may legitimately alias one array in two
     # leaves (e.g. shared zeros), which donation forbids, so give every leaf its own buffer.
@@ -259,8 +260,7 @@ def train(method: ModuleType, task, config, workdir: str, *,
 
         def get_batch(i):       # this process's rows of batch i, as one global batch
             return sh.global_batch(source.rows(i, rows), batch_sh, task.batch_size)
-    if not writer:
-        progress = False
+    progress = progress and writer          # several hosts: one progress bar, one log
     if writer:
         print(f"{task.name}: {task.num_train} training examples, {task.steps_per_epoch} "
               f"steps per epoch (batch {task.batch_size}); {num_steps} steps, evaluation "

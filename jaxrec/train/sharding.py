@@ -57,10 +57,12 @@ AXES = ("data", "model")
 # Leaves split over 'model' by default: the item tables and everything that scores items
 # ('/'-joined state paths, searched with re.search). They cover RecNet's item embedding
 # ('encoder/item_embed/embedding'), every named head ('head_s', 'head_q', SMORL's Q heads
-# 'head_q_*', ...: kernel [D, N] and bias [N]) and the tied-head bias, together with their
-# optimizer moments, whose paths end the same way.
-DEFAULT_MODEL_PATTERNS = (r"(^|/)item_embed/embedding$", r"(^|/)head_[^/]+/(kernel|bias)$",
-                          r"(^|/)tied_bias$")
+# 'head_q_acc' ..., PRL's 'head': kernel [D, N] and bias [N]) and the tied-head bias,
+# together with their optimizer moments, whose paths end the same way. Outputs of a
+# method's ``eval_consts`` (an item tower over all N items, e.g. IISAN's) are split along
+# their item axis by shape instead (:func:`jit_item_sharded`).
+DEFAULT_MODEL_PATTERNS = (r"(^|/)item_embed/embedding$",
+                          r"(^|/)head(_[^/]+)?/(kernel|bias)$", r"(^|/)tied_bias$")
 COMPUTE_DTYPES = {"float32": None, "bfloat16": "BF16_BF16_F32"}
 
 
@@ -178,12 +180,13 @@ def path_str(path) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
-def leaf_spec(shape: Sequence[int], model: int, num_items: Optional[int]) -> tuple[P, str]:
+def leaf_spec(shape: Sequence[int], model: int, num_items: Optional[int],
+              items_only: bool = False) -> tuple[P, str]:
     """The PartitionSpec of a matched leaf and a note of the choice.
 
     The item axis (size ``N`` or ``N + 1``, the last such) is split over ``model`` when it
-    divides; else the largest axis that divides (the table's width); else the leaf stays
-    replicated.
+    divides; else (unless ``items_only``) the largest axis that divides (the table's
+    width); else the leaf stays replicated.
     """
     shape = tuple(int(s) for s in shape)
     if model <= 1 or not shape:
@@ -194,6 +197,8 @@ def leaf_spec(shape: Sequence[int], model: int, num_items: Optional[int]) -> tup
         if shape[a] % model == 0:
             return P(*[("model" if i == a else None) for i in range(len(shape))]), \
                 f"item axis {a}"
+    if items_only:
+        return P(), "replicated (no item axis that divides)"
     for a in sorted(range(len(shape)), key=lambda i: (-shape[i], -i)):
         if shape[a] % model == 0 and shape[a] >= model:
             why = (f"item axis {items[-1]} ({shape[items[-1]]}) does not divide by "
@@ -253,6 +258,25 @@ def init_sharded(init_fn, key, mesh: Mesh, patterns: Sequence[str],
             jax.errors.TracerArrayConversionError, jax.errors.TracerIntegerConversionError):
         state = jax.device_put(init_fn(key), shardings)
     return state, shardings, notes
+
+
+def jit_item_sharded(fn, mesh: Mesh, num_items: int):
+    """``jax.jit(fn)`` whose outputs are split over ``model`` along their item axis (size
+    N or N + 1, when it divides), the rest replicated: an evaluator's ``eval_consts`` (an
+    item tower over all N items) then never sits whole on one device. The output layout
+    is fixed from ``jax.eval_shape`` at the first call."""
+    m = model_size(mesh)
+    compiled = {}
+
+    def call(*args):
+        if "fn" not in compiled:
+            abstract = jax.eval_shape(fn, *args)
+            out = jax.tree.map(lambda a: NamedSharding(
+                mesh, leaf_spec(a.shape, m, num_items, items_only=True)[0]), abstract)
+            compiled["fn"] = jax.jit(fn, out_shardings=out)
+        return compiled["fn"](*args)
+
+    return call
 
 
 # ----------------------------------------------------------------------------- batches
