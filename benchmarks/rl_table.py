@@ -39,6 +39,8 @@ flags.DEFINE_integer("epochs", 0, "Epochs per run (0: each config's default).")
 flags.DEFINE_integer("seed", 0, "Seed of every run.")
 flags.DEFINE_string("workdir", None, "Where runs go (default: a fresh temp directory).")
 flags.DEFINE_string("out", None, "Also write the table as Markdown to this file.")
+flags.DEFINE_string("sweep", "", "One config field swept over values, a row per value: "
+                    "'rl.phase1_steps=120:290:460'.")
 
 EXTRA_COLUMNS = ("coverage/cv@10", "coverage/novel_cv@10", "coverage/repetitions@10",
                  "coverage/offpolicy_ndcg@10")
@@ -64,25 +66,52 @@ def config_for(method: str, encoder: str, pretrained: str):
     return c
 
 
+def sweep_values() -> tuple[str, list[str]]:
+    """``--sweep=path=v1:v2`` as (path, [v1, v2]); ("", [""]) without a sweep."""
+    if not FLAGS.sweep:
+        return "", [""]
+    path, sep, values = FLAGS.sweep.partition("=")
+    if not sep or not values:
+        raise app.UsageError(f"--sweep={FLAGS.sweep!r}: expected 'path=v1:v2:...'")
+    return path, values.split(":")
+
+
+def set_field(config, path: str, text: str) -> None:
+    """Sets the existing field ``path`` of ``config`` from ``text``, in the field's type."""
+    *parents, leaf = path.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    if leaf not in node:
+        raise app.UsageError(f"--sweep: the config has no field {path!r}")
+    old = node[leaf]
+    node[leaf] = (text.lower() in ("1", "true")) if isinstance(old, bool) else type(old)(text)
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)
     from tqdm import tqdm
     root = FLAGS.workdir or tempfile.mkdtemp(prefix="rl_table_")
-    grid = [(m, e) for m in FLAGS.methods for e in FLAGS.encoders]
-    if "smorl" in FLAGS.methods and ("supervised", "gru4rec") not in grid:
-        grid.insert(0, ("supervised", "gru4rec"))
-    grid.sort(key=lambda me: me[0] == "smorl")          # SMORL after its pretrained run
+    path, values = sweep_values()
+    grid = [(m, e, v) for m in FLAGS.methods for e in FLAGS.encoders for v in values]
+    if "smorl" in FLAGS.methods and ("supervised", "gru4rec", "") not in grid:
+        grid.insert(0, ("supervised", "gru4rec", ""))
+    grid.sort(key=lambda mev: mev[0] == "smorl")        # SMORL after its pretrained run
     pretrained = os.path.join(root, "supervised_gru4rec")
     rows, datasets = {}, {}
-    for method, encoder in tqdm(grid, desc="grid", unit="run"):
+    for method, encoder, value in tqdm(grid, desc="grid", unit="run"):
         config = config_for(method, encoder, pretrained)
+        name = f"{method}/{encoder}"
+        if value:
+            set_field(config, path, value)
+            name += f" {path.rpartition('.')[2]}={value}"
         key = (config.dataset.name, tuple(sorted(config.dataset.options.items())))
         if key not in datasets:
             datasets[key] = tasks.load_dataset(config)
-        res = experiment.run(config, os.path.join(root, f"{method}_{encoder}"),
+        res = experiment.run(config, os.path.join(root, name.replace("/", "_").replace(" ", "_")),
                              dataset=datasets[key], progress=False)
-        rows[f"{method}/{encoder}"] = res["test"]
+        rows[name] = res["test"]
     table = M.format_table(rows)
     extra = [c for c in EXTRA_COLUMNS if any(c in r for r in rows.values())]
     lines = [f"Test metrics at the best validation step — {FLAGS.dataset}", table]
@@ -92,7 +121,10 @@ def main(argv):
     text = "\n".join(lines)
     print("\n" + text)
     if FLAGS.out:
-        report.write_markdown(FLAGS.out, f"RL recommenders on {FLAGS.dataset}", text)
+        title = f"RL recommenders on {FLAGS.dataset}"
+        if FLAGS.sweep:
+            title += f", sweeping {path}"
+        report.write_markdown(FLAGS.out, title, text)
     print(f"runs under {root}")
 
 

@@ -21,7 +21,9 @@ per epoch), 8 % of the 50-epoch run. On synthetic (~58 steps per epoch, 10 epoch
 share would be under one epoch, too short for the Q head to rank the positive above the
 negatives before its advantage weights the CE, so phase 1 takes 120 steps (~2 epochs, a
 fifth of the run); ml100k_recbole (~310 steps per epoch) 1,200 steps (~4 epochs);
-movielens_1m (RetailRocket-sized) the paper's 15,000.
+movielens_1m (RetailRocket-sized) the paper's 15,000. Measured since
+(results/rl_sa2c_phase1.md): on synthetic 120 is too short — at 290-460 steps SA2C/SASRec
+beats SNQN and the base model; 120 stays the default so the committed grid reproduces.
 
 Commands:
   python -m jaxrec.main --config=configs/sa2c.py --workdir=/tmp/sasrec_sa2c
