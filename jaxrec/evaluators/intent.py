@@ -26,6 +26,7 @@ handed to the method.
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 
 import jax
@@ -122,6 +123,26 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50, restarts: int 
     return best
 
 
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps", "lr"))
+def _fit_probe(x, y, l2, num_classes: int, steps: int, lr: float) -> dict:
+    """Full-batch Adam on the L2-regularised softmax regression of y [n] on x [n, D]
+    from zero weights; jitted once per shape (the same for every evaluation)."""
+    tx = optax.adam(lr)
+
+    def loss(p):
+        ce = optax.softmax_cross_entropy_with_integer_labels(x @ p["w"] + p["b"], y).mean()
+        return ce + l2 * jnp.sum(p["w"] ** 2)
+
+    def step(carry, _):
+        p, o = carry
+        u, o = tx.update(jax.grad(loss)(p), o, p)
+        return (optax.apply_updates(p, u), o), None
+
+    p = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
+    (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), None, length=steps)
+    return p
+
+
 def linear_probe(x_fit, y_fit, x_eval, num_classes: int, l2: float = 1e-3,
                  steps: int = 300, lr: float = 0.05) -> np.ndarray:
     """Multinomial logistic regression fitted on (``x_fit`` [n, D], ``y_fit`` [n]);
@@ -130,26 +151,8 @@ def linear_probe(x_fit, y_fit, x_eval, num_classes: int, l2: float = 1e-3,
     mu, sd = x_fit.mean(0), x_fit.std(0) + 1e-6
     xf = jnp.asarray((x_fit - mu) / sd, jnp.float32)
     xe = jnp.asarray((x_eval - mu) / sd, jnp.float32)
-    yf = jnp.asarray(y_fit, jnp.int32)
-    params = {"w": jnp.zeros((xf.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
-    tx = optax.adam(lr)
-
-    def loss(p):
-        logits = xf @ p["w"] + p["b"]
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yf).mean()
-        return ce + l2 * jnp.sum(p["w"] ** 2)
-
-    @jax.jit
-    def fit(p):
-        def step(carry, _):
-            p, o = carry
-            g = jax.grad(loss)(p)
-            u, o = tx.update(g, o, p)
-            return (optax.apply_updates(p, u), o), None
-        (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), None, length=steps)
-        return p
-
-    p = fit(params)
+    p = _fit_probe(xf, jnp.asarray(y_fit, jnp.int32), jnp.float32(l2), int(num_classes),
+                   int(steps), float(lr))
     return np.asarray(jax.nn.softmax(xe @ p["w"] + p["b"]))
 
 

@@ -29,6 +29,12 @@ def task(tiny):
     return build_task(get_config("latent_intent.py", "smoke"), tiny)
 
 
+@pytest.fixture(scope="module")
+def li_state(task):
+    """The latent-intent smoke config's initial state on ``task`` (shared: init traces)."""
+    return li.init(jax.random.key(0), task, get_config("latent_intent.py", "smoke"))
+
+
 # ------------------------------------------------------------------ pure pieces
 def test_gaussian_kl_by_hand():
     # Unit Gaussians one apart: ½ (0 − 0 + (1 + 1) / 1 − 1) = 0.5.
@@ -57,9 +63,9 @@ def test_soft_clip_bounds():
     assert np.all(np.diff(y) >= 0)                                # monotone
 
 
-def test_vae_log_variances_stay_clipped(task):
+def test_vae_log_variances_stay_clipped(task, li_state):
     """Blow the μ/ℓ output layers up: every log-variance stays inside (−c, c)."""
-    state = li.init(jax.random.key(0), task, get_config("latent_intent.py", "smoke"))
+    state = li_state
     p = jax.tree_util.tree_map_with_path(
         lambda path, x: x * 1e4 if any(getattr(k, "key", "") in ("prior_out", "post_out")
                                        for k in path) else x, state.params)
@@ -116,11 +122,11 @@ def test_reinforce_loss_against_numpy(topk, off_policy):
 
 
 # ------------------------------------------------------------------ the network
-def test_rl_gradient_never_reaches_the_vae(task):
+def test_rl_gradient_never_reaches_the_vae(task, li_state):
     """L_RL's gradient is zero on every VAE parameter (the stop-gradient on z̄), while the
     −ELBO's is not; the policy does read z̄ (its head has Z extra input rows)."""
     config = get_config("latent_intent.py", "smoke")
-    state = li.init(jax.random.key(0), task, config)
+    state = li_state
     batch = task.example_batch()
 
     def rl(p):
@@ -131,7 +137,7 @@ def test_rl_gradient_never_reaches_the_vae(task):
         out = state.net.apply(p, batch, train=True, rngs={"latent": jax.random.key(2)})
         return li.vae_loss(out["vae"], batch, state.hp)[0]
 
-    g_rl, g_vae = jax.grad(rl)(state.params), jax.grad(elbo)(state.params)
+    g_rl, g_vae = jax.jit(jax.grad(rl))(state.params), jax.jit(jax.grad(elbo))(state.params)
     vae_rl = jax.tree.leaves(g_rl["params"]["vae"])
     assert vae_rl and all(np.all(np.asarray(x) == 0) for x in vae_rl)
     assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(g_vae["params"]["vae"]))
@@ -152,17 +158,17 @@ def test_film_and_gate_start_as_identity(task, conditioning):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_serving_needs_no_behaviour_signals(task):
+def test_serving_needs_no_behaviour_signals(task, li_state):
     """predict reads the prior only: the same scores with and without the y arrays."""
-    state = li.init(jax.random.key(0), task, get_config("latent_intent.py", "smoke"))
+    state = li_state
     batch = task.example_batch()
     bare = {k: v for k, v in batch.items() if not k.startswith("y_")}
     np.testing.assert_allclose(li.predict(state, batch), li.predict(state, bare), rtol=1e-6)
 
 
-def test_kl_starts_near_zero(task):
+def test_kl_starts_near_zero(task, li_state):
     """Small-init μ/ℓ layers: KL ≈ 0 at initialisation (the paper's stability advice)."""
-    state = li.init(jax.random.key(0), task, get_config("latent_intent.py", "smoke"))
+    state = li_state
     out = state.net.apply(state.params, task.example_batch(32), train=True,
                           rngs={"latent": jax.random.key(3)})
     assert float(out["vae"]["kl"].mean()) < 1e-2
