@@ -517,3 +517,25 @@ def offpolicy_ndcg(ranks, targets, popularity, k: int = 10, normalize: str = "se
     w = 1.0 / pop[np.asarray(targets)]
     gain = np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
     return float((gain * w).sum() / (w.sum() if normalize == "self" else r.size))
+
+
+def tpme(times, params, memories, weights=(0.45, 0.1, 0.45)) -> np.ndarray:
+    """Training-time, Parameter and GPU Memory Efficiency (IISAN, Fu et al., SIGIR 2024, §4;
+    spec iisan.md §1.14): ``a1 t^ + a2 p^ + a3 m^`` of min-max normalised quantities over the
+    K compared methods (lower is better; 0 = best on every axis).
+
+    Args:
+      times, params, memories: ``[K]`` per-method training time, trainable parameters and memory.
+      weights: ``(a1, a2, a3)`` summing to 1; the paper's are (0.45, 0.1, 0.45).
+    Returns:
+      ``[K]`` float64 TPME values. A quantity equal across all methods contributes 0.
+    """
+    w = np.asarray(weights, np.float64)
+    if w.shape != (3,) or not np.isclose(w.sum(), 1.0) or (w < 0).any():
+        raise ValueError(f"tpme: weights must be 3 non-negative numbers summing to 1, got {weights}")
+    cols = []
+    for x in (times, params, memories):
+        x = np.asarray(x, np.float64)
+        span = x.max() - x.min()
+        cols.append((x - x.min()) / span if span > 0 else np.zeros_like(x))
+    return w[0] * cols[0] + w[1] * cols[1] + w[2] * cols[2]
