@@ -15,7 +15,7 @@ the policy reads) and the posterior mean.
 Rows (``--rows``): ``reinforce`` (capped off-policy correction, no top-K: the
 ``variant=plain`` config), ``topk`` (+ top-K correction), ``intent`` (+ latent intent,
 concat conditioning), ``onpolicy`` / ``intent_onpolicy`` (top-K without the importance
-weight π/β, i.e. the return- and λ_K-weighted likelihood of the logged items). About 5
+weight π/β, i.e. the return- and λ_K-weighted likelihood of the logged items). About 3
 CPU-minutes for the default 5 rows x 3 seeds x 5 epochs on the ``small`` preset.
 """
 
