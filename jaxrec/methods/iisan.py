@@ -41,6 +41,7 @@ history masked (``config.eval.exclude_history``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import re
 import zlib
@@ -407,6 +408,22 @@ def init_params(spec: Spec, rng: jax.Array, abstract: bool = False, batch: int =
     independent of ``rng``, so :func:`init` (trainable part) and :func:`make_consts` (frozen
     part) agree. ``abstract`` returns ``ShapeDtypeStruct`` leaves without computing anything.
     """
+    if abstract:
+        return jax.eval_shape(_init_fn(spec, batch), rng)
+    if spec.variant == "iisan" and spec.net.live_towers:
+        # The side network and user encoder do not depend on the towers: initialise them
+        # without tracing the towers (flax keys each leaf by its path, so the values equal
+        # those of the cached model), then add the towers' own weights.
+        cached = dataclasses.replace(spec, cached=True, net=spec.net.clone(live_towers=False))
+        params = dict(_jit_init(cached, batch)(rng))
+    else:
+        params = dict(_jit_init(spec, batch)(rng))
+    if spec.net.live_towers:
+        params.update(tower_params(spec))
+    return params
+
+
+def _init_fn(spec: Spec, batch: int):
     l = spec.net.user_cfg.state_len
     content = example_content(spec, batch * l, abstract=True)
     valid = jax.ShapeDtypeStruct((batch, l), jnp.bool_)
@@ -414,40 +431,48 @@ def init_params(spec: Spec, rng: jax.Array, abstract: bool = False, batch: int =
     def fn(r):
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (content, valid))
         return spec.net.init({"params": r, "dropout": r}, *zeros)["params"]
+    return fn
 
-    if abstract:
-        return jax.eval_shape(fn, rng)
-    params = dict(jax.jit(fn)(rng))
-    if spec.net.live_towers:
-        params.update(tower_params(spec))
-    return params
+
+@functools.lru_cache(maxsize=8)
+def _jit_init(spec: Spec, batch: int):
+    # One compilation per model and process: init and make_consts both initialise.
+    return jax.jit(_init_fn(spec, batch))
 
 
 def tower_params(spec: Spec) -> dict:
-    """``{'text_backbone': ..., 'image_backbone': ...}``: loaded checkpoints or seeded random init."""
-    net = spec.net
-    key = jax.random.key(spec.backbone_seed)
-    k_text, k_image = jax.random.split(key)
+    """``{'text_backbone': ..., 'image_backbone': ...}``: loaded checkpoints or seeded random init.
+
+    Kept for the last two tower pairs (init, make_consts and the tap cache all need them; a
+    checkpoint is read once). Treat the result as read-only."""
+    return _tower_params(spec.net.text_cfg, spec.net.image_cfg, spec.text_ckpt, spec.image_ckpt,
+                         spec.backbone_seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _tower_params(text_cfg, image_cfg, text_ckpt: str, image_ckpt: str, seed: int) -> dict:
+    k_text, k_image = jax.random.split(jax.random.key(seed))
+    peft = ("lora_rank", "lora_alpha", "adapter_size")
     out = {}
-    if spec.text_ckpt:
-        d = minilm_dir() if spec.text_ckpt == "minilm" else spec.text_ckpt
-        loader = bert_lib.load_bert if isinstance(net.text_cfg, bert_lib.BertConfig) else llama_lib.load_llama
-        overrides = {k: getattr(net.text_cfg, k) for k in ("lora_rank", "lora_alpha", "adapter_size")}
+    if text_ckpt:
+        d = minilm_dir() if text_ckpt == "minilm" else text_ckpt
+        loader = bert_lib.load_bert if isinstance(text_cfg, bert_lib.BertConfig) else llama_lib.load_llama
+        overrides = {k: getattr(text_cfg, k) for k in peft}
         if loader is llama_lib.load_llama:
             overrides["with_lm_head"] = False
         out["text_backbone"] = dict(loader(d, rng=k_text, **overrides).params)
-    elif isinstance(net.text_cfg, bert_lib.BertConfig):
-        out["text_backbone"] = dict(bert_lib.init_params(net.text_cfg, k_text))
+    elif isinstance(text_cfg, bert_lib.BertConfig):
+        out["text_backbone"] = dict(bert_lib.init_params(text_cfg, k_text))
     else:
-        m = llama_lib.LlamaModel(net.text_cfg)
+        m = llama_lib.LlamaModel(text_cfg)
         ids = jnp.zeros((1, 4), jnp.int32)
         out["text_backbone"] = dict(jax.jit(lambda r: m.init(r, ids)["params"])(k_text))
-    if net.image_cfg is not None:
-        if spec.image_ckpt:
-            overrides = {k: getattr(net.image_cfg, k) for k in ("lora_rank", "lora_alpha", "adapter_size")}
-            out["image_backbone"] = dict(vit_lib.load_vit(spec.image_ckpt, rng=k_image, **overrides).params)
+    if image_cfg is not None:
+        if image_ckpt:
+            overrides = {k: getattr(image_cfg, k) for k in peft}
+            out["image_backbone"] = dict(vit_lib.load_vit(image_ckpt, rng=k_image, **overrides).params)
         else:
-            out["image_backbone"] = dict(vit_lib.init_params(net.image_cfg, k_image))
+            out["image_backbone"] = dict(vit_lib.init_params(image_cfg, k_image))
     return out
 
 
