@@ -96,7 +96,8 @@ def get_config(arg=None):
     i.user = ml_collections.ConfigDict(dict(num_blocks=2, num_heads=2, ffn_dim=256, dropout=0.1,
                                             ln_eps=1e-6))
     if a["smoke"]:
-        c.dataset.options.preset = "tiny"
+        if a["dataset"] == "synthetic":
+            c.dataset.options.preset = "tiny"
         config_util.shrink(c)
         c.train.batch_size = 4
         c.train.patience = 0
