@@ -51,11 +51,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxrec.data import pcrec as pcrec_data    # registers the 'pcrec_*' task kinds
+from jaxrec.data import pcrec as _pcrec_data  # noqa: F401  (registers 'pcrec_*' kinds)
 from jaxrec.encoders.bpr import BPRMF, sample_negatives
 from jaxrec.methods import common
 
-del pcrec_data
 BASES = ("sasrec", "youtube_dnn", "bpr")
 VARIANTS = ("lw", "pw", "noise", "none")
 CRITERIA = ("entropy", "l1")
@@ -78,6 +77,11 @@ def entropy(x: jax.Array, bins: int = 10, include_max: bool = False) -> jax.Arra
     outside every bin but still counts in numel; ``include_max=True`` closes the last bin
     (NumPy's ``histogram``). A constant tensor has entropy 0 either way.
 
+    Whether ``min + bins·s`` rounds above or below the maximum depends on how the
+    arithmetic is compiled (XLA may fuse it into a multiply-add under jit), so the two
+    ends are decided explicitly: values ``>= max`` are dropped (or, with ``include_max``,
+    put in the last bin) and every other value lands in a bin.
+
     Args:
       x: any shape; flattened.
     Returns:
@@ -89,9 +93,8 @@ def entropy(x: jax.Array, bins: int = 10, include_max: bool = False) -> jax.Arra
     edges = lo + jnp.arange(bins + 1, dtype=jnp.float32) * scale
     # searchsorted(side='right') - 1 = the k with edges[k] <= x < edges[k+1]: the same
     # comparisons as the reference, without a [bins, numel] mask.
-    idx = jnp.searchsorted(edges, x, side="right") - 1
-    if include_max:
-        idx = jnp.where(x >= hi, bins - 1, idx)
+    idx = jnp.minimum(jnp.searchsorted(edges, x, side="right") - 1, bins - 1)
+    idx = jnp.where(x >= hi, bins - 1 if include_max else bins, idx)
     counts = jnp.bincount(jnp.clip(idx, 0, bins), length=bins + 1)[:bins]
     p = counts / x.size
     return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
