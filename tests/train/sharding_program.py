@@ -209,6 +209,15 @@ def ranking_checks():
         v0, i0 = jax.lax.top_k(jnp.asarray(scores), 10)
         v1, i1 = sh.sharded_top_k(jnp.asarray(scores), 10, mesh)
         checks[f"top_k n={n}"] = bool(np.array_equal(v0, v1) and np.array_equal(i0, i1))
+    # An evaluator's eval_consts (an item tower over all N items): split along the item
+    # axis over model=4, 20 of the 80 rows per device; item-less leaves replicated.
+    tower = sh.jit_item_sharded(lambda x: {"items": jnp.tile(x[:, None], (1, 8)),
+                                           "small": x[:3]}, mesh, 80)
+    o = tower(jnp.arange(80.0))
+    checks["eval_consts split"] = bool(
+        o["items"].addressable_shards[0].data.shape == (20, 8)
+        and o["small"].sharding.is_fully_replicated
+        and np.array_equal(np.asarray(o["items"])[:, 3], np.arange(80.0)))
     return checks
 
 
