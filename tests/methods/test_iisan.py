@@ -265,3 +265,33 @@ def test_tap_cache_resumes_and_rebuilds(tmp_path):
     bf = tap_cache.build(extract, content, d, "bfloat16", batch_size=4, fingerprint="b", progress=False)
     assert bf["taps"].dtype.name == "bfloat16" and bf["taps"].nbytes == want.nbytes // 2
     np.testing.assert_allclose(np.asarray(bf["taps"][1:], np.float32), want[1:], rtol=1e-2)
+
+
+def test_versa_llama_text_tower_spec():
+    """IISAN-Versa on tiny towers: a 6-block Llama text tower (GLD taps 0, 3, 6, masked mean
+    pooling) next to a 4-block ViT with 5 taps: unequal widths (DTLs 48 -> 32) and counts."""
+    c = get_config("iisan.py", "towers=versa_tiny")
+    c.iisan.image.num_groups = 4
+    spec = iisan.build_spec(c, 50)
+    assert spec.net.text_taps == (0, 3, 6) and spec.net.image_taps == (0, 1, 2, 3, 4)
+    assert spec.net.text_pool == "mean" and spec.net.side_cfg.heads == "versa"
+    params = iisan.init_params(spec, jax.random.key(0), abstract=True)["tower"]
+    inter = params["inter_side"]
+    assert sorted(k for k in inter if k.startswith("sanb_")) == ["sanb_0", "sanb_1", "sanb_2"]
+    assert inter["dtl_0"]["kernel"].shape == (48, 32)
+    assert len([k for k in params["image_side"] if k.startswith("sanb_")]) == 5
+
+
+def test_select_taps_pooling():
+    h0 = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2)
+    hs = (h0, 10 * h0)
+    mask = jnp.array([[1, 1, 0], [1, 0, 0]])
+    from jaxrec.peft.side_adapters import select_taps
+    np.testing.assert_array_equal(select_taps(hs, (1,), "cls")[:, 0], 10 * h0[:, 0])
+    # Masked mean: row 0 averages tokens 0-1, row 1 keeps token 0 only.
+    np.testing.assert_allclose(select_taps(hs, (0, 1), "mean", mask)[:, 0],
+                               [[1.0, 2.0], [6.0, 7.0]])
+    # The released code's quirk: padding included.
+    np.testing.assert_allclose(select_taps(hs, (0,), "mean_all")[:, 0], [[2.0, 3.0], [8.0, 9.0]])
+    with pytest.raises(ValueError, match="outside"):
+        select_taps(hs, (2,), "cls")
