@@ -24,11 +24,13 @@ import inspect
 from typing import Callable
 
 from jaxrec.data.events import DataFormatError, EventLog
+from jaxrec.data.readers.amazon import read_amazon_iisan
 from jaxrec.data.readers.movielens import (ML100K_GENRES, read_movielens_1m,
                                            read_movielens_100k)
 from jaxrec.data.readers.recbole import read_recbole
 from jaxrec.data.readers.retailrocket import read_retailrocket
 from jaxrec.data.readers.yoochoose import read_yoochoose, sample_sessions
+from jaxrec.data.readers import amazon as _am
 from jaxrec.data.readers import movielens as _ml
 from jaxrec.data.readers import recbole as _rb
 from jaxrec.data.readers import retailrocket as _rr
@@ -48,6 +50,7 @@ READERS: dict[str, Callable[..., EventLog]] = {
     "movielens_100k": read_movielens_100k,
     "movielens_1m": read_movielens_1m,
     "recbole": read_recbole,
+    "amazon_iisan": read_amazon_iisan,
 }
 
 EXPECTED_FILES: dict[str, FileList] = {
@@ -56,6 +59,7 @@ EXPECTED_FILES: dict[str, FileList] = {
     "movielens_100k": FileList(_ml.ML100K_FILES),
     "movielens_1m": FileList(_ml.ML1M_FILES),
     "recbole": FileList(_rb.FILES),
+    "amazon_iisan": FileList(_am.FILES),
 }
 
 
