@@ -160,6 +160,9 @@ class RankingEvaluator:
         out = acc.result()
         if "reward" in ev.arrays:
             for k in self.ks:
+                # A split without queries never called add(): its reward sums are 0.
+                for g in ev.groups:
+                    out.setdefault(f"{g}/reward@{k}", 0.0)
                 out[f"total/reward@{k}"] = float(sum(out[f"{g}/reward@{k}"]
                                                      for g in ev.groups))
         return out

@@ -2,6 +2,7 @@
 hand-computed queries, the bookkeeping, the task builders, resume across an epoch
 boundary, and the per-method / per-dataset config values pinned to the specs."""
 
+import dataclasses
 import math
 import os
 import types
@@ -467,3 +468,20 @@ def test_sample_negatives_never_the_positive_and_uniform():
     rows = neg[np.asarray(pos) == 3]
     freq = np.bincount(rows.ravel(), minlength=5) / rows.size
     np.testing.assert_allclose(freq, [0.25, 0.25, 0.25, 0, 0.25], atol=0.01)
+
+
+def test_ranking_evaluator_on_an_empty_split():
+    """A split with no queries (a tiny dataset) reports count 0, NaN means and zero reward
+    sums instead of failing on the missing reward keys."""
+    task = _eval_task()
+    empty = EvalSet({k: v[:0] for k, v in task.validation.arrays.items()}, "session",
+                    ("click", "purchase"))
+    task = dataclasses.replace(task, validation=empty)
+    opts = ml_collections.ConfigDict({"ks": (1, 3), "batch_size": 2})
+    got = ranking.RankingEvaluator(LOOKUP, task, None, opts).run(
+        None, jnp.asarray(SCORES), "validation")
+    assert got["click/count"] == 0 and got["purchase/count"] == 0
+    assert math.isnan(got["purchase/ndcg@3"])
+    assert got["click/reward@3"] == 0.0 and got["total/reward@3"] == 0.0
+    assert set(got) == set(ranking.RankingEvaluator(LOOKUP, task, None, opts)
+                           .metric_names("validation"))
