@@ -34,6 +34,7 @@ setup(
         "importlib_resources",  # tensorflow-datasets imports it when building datasets
         "numpy",
         "matplotlib==3.11.2",  # the notebooks in colabs/ plot with it
+        "wordfreq==3.1.1",  # GazeReward's reading-time proxy (bundled frequency lists, offline)
     ],
     extras_require={
         "cuda12": [f"jax[cuda12]=={JAX_VERSION}"],

@@ -41,10 +41,11 @@ Conventions and where they differ from the HF Flax reference (all documented, al
 * **RMSNorm** is computed in float32 and cast to the compute dtype after the scale, as HF
   PyTorch Gemma does (HF Llama casts before the scale); identical in float32.
 
-KV-cache generation is not implemented. The structure allows adding it: positions are
-explicit inputs, the mask is built once per call from sequence indices, and attention is a
-single function of (q, k, v, mask) — a ``cache`` collection holding rotated keys/values per
-layer plus a cache index would slot into :class:`LlamaAttention`.
+KV cache: ``LlamaModel(...)(..., cache=KVCache)`` writes the rotated keys/values of the ``T``
+new tokens into per-layer ``[B, S, K, hd]`` buffers at ``cache.index`` and attends over all
+``S`` slots (``attention_mask`` is then the ``[B, S]`` mask of every slot, future ones
+included). The cache is an explicit pytree argument and result, not a mutable flax collection,
+so a generation loop is a plain ``lax.scan`` (:mod:`jaxrec.backbones.generation`).
 """
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ __all__ = [
     "LlamaConfig",
     "LlamaModel",
     "LlamaOutput",
+    "KVCache",
+    "init_cache",
     "load_llama",
     "hf_param_mapping",
     "llama_param_mapping",
@@ -329,6 +332,27 @@ def apply_rope(x: Array, positions: Array, theta: float) -> Array:
     return out.astype(x.dtype)
 
 
+def cached_attention_mask(key_mask: Array, index: Array, t: int, sliding_window: int | None) -> Array:
+    """Which cache slots each of ``t`` new queries (at slots ``index .. index+t-1``) may see.
+
+    Args:
+      key_mask: ``[B, S]``, 1 = the slot holds (or will hold) a real token.
+      index: scalar int, the slot of the first new token.
+      t: number of new tokens.
+      sliding_window: ``W`` or None.
+
+    Returns:
+      ``[B, t, S]`` bool: the rows ``index .. index+t-1`` of :func:`attention_mask_matrix`.
+    """
+    s = key_mask.shape[-1]
+    i = index + jnp.arange(t)[:, None]
+    j = jnp.arange(s)[None, :]
+    allowed = j <= i
+    if sliding_window is not None:
+        allowed = allowed & (i - j < sliding_window)
+    return allowed[None] & (key_mask[:, None, :] > 0)
+
+
 def attention_mask_matrix(attention_mask: Array, sliding_window: int | None) -> Array:
     """Which keys each query may attend to.
 
@@ -385,17 +409,22 @@ class LlamaAttention(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x: Array, allowed: Array, positions: Array, deterministic: bool = True) -> Array:
+    def __call__(self, x: Array, allowed: Array, positions: Array, deterministic: bool = True,
+                 kv: tuple[Array, Array] | None = None, cache_index: Array | None = None):
         """Self-attention over a sequence.
 
         Args:
           x: ``[B, T, D]`` normalised hidden states.
-          allowed: ``[B, T, T]`` bool from :func:`attention_mask_matrix`.
+          allowed: ``[B, T, T]`` bool from :func:`attention_mask_matrix`, or ``[B, T, S]`` from
+            :func:`cached_attention_mask` with a cache.
           positions: ``[B, T]`` RoPE positions.
           deterministic: disables attention and LoRA dropout.
+          kv: optional ``(keys, values)`` cache, each ``[B, S, K, hd]``; the new rotated keys and
+            values are written at slot ``cache_index`` and attention runs over all ``S`` slots.
+          cache_index: scalar int slot of the first of the ``T`` tokens (with ``kv``).
 
         Returns:
-          ``[B, T, D]`` (after ``o_proj``).
+          ``[B, T, D]`` (after ``o_proj``); with ``kv``, ``(out, (keys, values))`` updated.
         """
         cfg = self.config
         b, t, _ = x.shape
@@ -406,11 +435,17 @@ class LlamaAttention(nn.Module):
         val = _dense(cfg, k * hd, "v_proj", bias)(x, deterministic).reshape(b, t, k, hd)
         q = apply_rope(q, positions, cfg.rope_theta)
         key = apply_rope(key, positions, cfg.rope_theta)
+        if kv is not None:
+            zero = jnp.zeros((), jnp.int32)
+            start = (zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
+            key = jax.lax.dynamic_update_slice(kv[0], key.astype(kv[0].dtype), start)
+            val = jax.lax.dynamic_update_slice(kv[1], val.astype(kv[1].dtype), start)
         # GQA without materialising repeated K/V: query head n = kv_head * G + group.
         out = grouped_attention(q.reshape(b, t, k, g, hd), key, val, allowed,
                                 nn.Dropout(cfg.attention_dropout), deterministic)
         out = out.reshape(b, t, h * hd)
-        return _dense(cfg, cfg.hidden_size, "o_proj", bias)(out, deterministic)
+        out = _dense(cfg, cfg.hidden_size, "o_proj", bias)(out, deterministic)
+        return out if kv is None else (out, (key, val))
 
 
 class LlamaMLP(nn.Module):
@@ -442,17 +477,48 @@ class LlamaDecoderLayer(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x: Array, allowed: Array, positions: Array, deterministic: bool = True) -> Array:
-        """``x [B, T, D]`` -> ``[B, T, D]``; ``allowed [B, T, T]``, ``positions [B, T]``."""
+    def __call__(self, x: Array, allowed: Array, positions: Array, deterministic: bool = True,
+                 kv: tuple[Array, Array] | None = None, cache_index: Array | None = None):
+        """``x [B, T, D]`` -> ``[B, T, D]``; ``allowed [B, T, T]``, ``positions [B, T]``.
+
+        With ``kv`` (see :class:`LlamaAttention`) returns ``(out, kv)`` updated.
+        """
         cfg = self.config
 
         def norm(name):
             return RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, cfg.dtype, cfg.param_dtype, name=name)
 
-        a = LlamaAttention(cfg, name="self_attn")(norm("input_layernorm")(x), allowed, positions, deterministic)
+        a = LlamaAttention(cfg, name="self_attn")(norm("input_layernorm")(x), allowed, positions,
+                                                  deterministic, kv, cache_index)
+        if kv is not None:
+            a, kv = a
         x = x + houlsby(cfg, "adapter_attn", a, cfg.param_dtype)
         m = LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x), deterministic)
-        return x + houlsby(cfg, "adapter_ffn", m, cfg.param_dtype)
+        out = x + houlsby(cfg, "adapter_ffn", m, cfg.param_dtype)
+        return out if kv is None else (out, kv)
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Per-layer key/value buffers for incremental decoding (a pytree).
+
+    Attributes:
+      keys, values: tuples of ``L`` arrays ``[B, S, K, hd]`` (keys already rotated by RoPE).
+      index: scalar int32, the slot the next token is written to.
+    """
+
+    keys: tuple[Array, ...]
+    values: tuple[Array, ...]
+    index: Array
+
+
+def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+    """An empty :class:`KVCache` of ``max_len`` slots (``[B, S, K, hd]`` zeros per layer, index 0)."""
+    dtype = cfg.dtype if dtype is None else dtype
+    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return KVCache(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+                   jnp.zeros((), jnp.int32))
 
 
 @flax.struct.dataclass
@@ -471,6 +537,8 @@ class LlamaOutput:
     logits: Array | None
     last_hidden: Array
     hidden_states: tuple[Array, ...]
+    # The updated KV cache when one was passed (not part of the 3-tuple iteration).
+    cache: KVCache | None = None
 
     def __iter__(self):
         return iter((self.logits, self.last_hidden, self.hidden_states))
@@ -533,6 +601,7 @@ class LlamaModel(nn.Module):
         *,
         inputs_embeds: Array | None = None,
         return_logits: bool = True,
+        cache: KVCache | None = None,
     ) -> LlamaOutput:
         """Runs the decoder.
 
@@ -543,10 +612,14 @@ class LlamaModel(nn.Module):
           deterministic: disables dropout (attention and LoRA); False needs a ``'dropout'`` rng.
           inputs_embeds: ``[B, T, D]`` embeddings instead of ids (soft prompts).
           return_logits: compute ``[B, T, V]`` logits (skip for encoder-style use).
+          cache: a :class:`KVCache` of ``S`` slots: the ``T`` tokens are written at slots
+            ``cache.index ..`` and attend to every earlier slot; ``attention_mask`` is then the
+            ``[B, S]`` mask of all slots, and ``position_ids`` default to the slots' entries of
+            :func:`position_ids_from_mask` over it.
 
         Returns:
           :class:`LlamaOutput` ``(logits [B, T, V] | None, last_hidden [B, T, D],
-          hidden_states: L + 1 x [B, T, D])``.
+          hidden_states: L + 1 x [B, T, D])``, with ``.cache`` advanced by ``T`` when given.
 
         Raises:
           ValueError: both or neither of ``input_ids``/``inputs_embeds``, mis-shaped
@@ -567,6 +640,8 @@ class LlamaModel(nn.Module):
                 )
             x = inputs_embeds.astype(cfg.dtype)
         b, t = x.shape[:2]
+        if cache is not None:
+            return self._cached(x, attention_mask, position_ids, deterministic, return_logits, cache)
         if t > cfg.max_position_embeddings:
             raise ValueError(
                 f"LlamaModel: sequence length {t} exceeds max_position_embeddings {cfg.max_position_embeddings}"
@@ -591,11 +666,50 @@ class LlamaModel(nn.Module):
         x = self.norm(x)
         hidden_states.append(x)
 
-        logits = None
+        return LlamaOutput(self._logits(x, return_logits), x, tuple(hidden_states))
+
+    def _logits(self, x: Array, return_logits: bool) -> Array | None:
+        cfg = self.config
         # Always trace the head during init so the parameter tree is complete.
         if cfg.with_lm_head and (return_logits or self.is_initializing()):
-            logits = self.embed_tokens.attend(x) if cfg.tie_word_embeddings else self.lm_head(x)
-        return LlamaOutput(logits, x, tuple(hidden_states))
+            return self.embed_tokens.attend(x) if cfg.tie_word_embeddings else self.lm_head(x)
+        return None
+
+    def _cached(self, x, key_mask, position_ids, deterministic, return_logits, cache: KVCache) -> LlamaOutput:
+        """The forward pass of :meth:`__call__` through a :class:`KVCache` (``x [B, T, D]`` embedded)."""
+        cfg = self.config
+        b, t = x.shape[:2]
+        s = cache.keys[0].shape[1]
+        if len(cache.keys) != cfg.num_layers:
+            raise ValueError(f"LlamaModel: cache has {len(cache.keys)} layers, model has {cfg.num_layers}")
+        if s > cfg.max_position_embeddings:
+            raise ValueError(
+                f"LlamaModel: cache length {s} exceeds max_position_embeddings {cfg.max_position_embeddings}"
+            )
+        if key_mask is None:
+            key_mask = jnp.ones((b, s), jnp.int32)
+        elif key_mask.shape != (b, s):
+            raise ValueError(
+                f"LlamaModel: with a cache, attention_mask must cover all cache slots [B, S] = {(b, s)}, "
+                f"got {key_mask.shape}"
+            )
+        if position_ids is None:
+            position_ids = jax.lax.dynamic_slice_in_dim(position_ids_from_mask(key_mask), cache.index, t, axis=1)
+        elif position_ids.shape != (b, t):
+            raise ValueError(f"LlamaModel: position_ids must be [B, T] = {(b, t)}, got {position_ids.shape}")
+        if cfg.embed_scale:
+            x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype=x.dtype)
+        allowed = cached_attention_mask(key_mask, cache.index, t, cfg.sliding_window)
+        hidden_states, keys, values = [], [], []
+        for i, layer in enumerate(self.layers):
+            hidden_states.append(x)
+            x, (k, v) = layer(x, allowed, position_ids, deterministic, (cache.keys[i], cache.values[i]), cache.index)
+            keys.append(k)
+            values.append(v)
+        x = self.norm(x)
+        hidden_states.append(x)
+        new_cache = KVCache(tuple(keys), tuple(values), cache.index + t)
+        return LlamaOutput(self._logits(x, return_logits), x, tuple(hidden_states), new_cache)
 
 
 # --------------------------------------------------------------------------------------------
