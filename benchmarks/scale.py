@@ -4,11 +4,12 @@ Two measurements, both on simulated CPU devices (``--xla_force_host_platform_dev
 is set by this script before JAX starts):
 
 1. **Compile a 10M-item step.** SASRec-SQN (two networks, each with a 10M x 64 item table
-   and two 64 x 10M heads: 15 GB of parameters, 43 GiB with the Adam moments) is compiled for one device
-   and for the meshes of ``--meshes`` with ``jax.jit(...).lower(ShapeDtypeStruct...)
-   .compile()``, so nothing is allocated; the compiled memory analysis gives each
-   device's argument (state + batch), output and temporary bytes next to the 1-device
-   figure. The layout is the trainer's (:mod:`jaxrec.train.sharding`).
+   and two 64 x 10M heads: 14.5 GiB of parameters, 43 GiB with the Adam moments) is
+   compiled for one device and for the meshes of ``--meshes`` with
+   ``jax.jit(...).lower(ShapeDtypeStruct...).compile()``, so nothing is allocated; the
+   compiled memory analysis gives each device's argument (state + batch), output and
+   temporary bytes next to the 1-device figure. The layout is the trainer's
+   (:mod:`jaxrec.train.sharding`).
 2. **Full-ranking evaluation at 1M items.** Scores ``h [B, D] @ E[N, D].T`` and, from them,
    the target's rank and a top-k list: unsharded on one device (``metrics.target_ranks``
    + ``lax.top_k``) vs item-sharded over ``model`` devices
@@ -61,7 +62,7 @@ flags.DEFINE_integer("eval_model", 8, "Devices the item axis is split over.")
 flags.DEFINE_integer("top_k", 20, "Length of the top-k list.")
 flags.DEFINE_string("out", "", "Write the tables as Markdown here (e.g. results/scale.md).")
 
-GB = 1024 ** 3
+GIB = 1024 ** 3
 
 
 def compile_step(mesh_shape):
@@ -92,11 +93,11 @@ def compile_step(mesh_shape):
     ma = compiled.memory_analysis()
     state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(abstract))
     return {"mesh": f"{data}x{model}" if mesh_shape else "1 device",
-            "state GB": state_bytes / GB,
-            "argument GB/dev": ma.argument_size_in_bytes / GB,
-            "output GB/dev": ma.output_size_in_bytes / GB,
-            "alias GB/dev": ma.alias_size_in_bytes / GB,
-            "temp GB/dev": ma.temp_size_in_bytes / GB,
+            "state GiB": state_bytes / GIB,
+            "argument GiB/dev": ma.argument_size_in_bytes / GIB,
+            "output GiB/dev": ma.output_size_in_bytes / GIB,
+            "alias GiB/dev": ma.alias_size_in_bytes / GIB,
+            "temp GiB/dev": ma.temp_size_in_bytes / GIB,
             "sharded leaves": len(notes), "compile s": seconds}
 
 
@@ -165,14 +166,14 @@ def main(argv):
         print(f"compiled {m}", flush=True)
     out.append(f"1. {FL.method}/{FL.encoder} training step, N = {FL.items:,} items, batch "
                f"{FL.train_batch} (compiled from abstract shapes; nothing allocated)")
-    out.append(table(rows, ["mesh", "state GB", "argument GB/dev", "output GB/dev",
-                            "alias GB/dev", "temp GB/dev", "sharded leaves", "compile s"]))
+    out.append(table(rows, ["mesh", "state GiB", "argument GiB/dev", "output GiB/dev",
+                            "alias GiB/dev", "temp GiB/dev", "sharded leaves", "compile s"]))
     base = rows[0]
     for r in rows[1:]:
-        out.append(f"{r['mesh']}: per-device arguments {r['argument GB/dev']:.2f} GB = "
-                   f"{r['argument GB/dev'] / base['argument GB/dev']:.3f} x the 1-device "
-                   f"{base['argument GB/dev']:.2f} GB; temp {r['temp GB/dev']:.2f} GB vs "
-                   f"{base['temp GB/dev']:.2f} GB")
+        out.append(f"{r['mesh']}: per-device arguments {r['argument GiB/dev']:.2f} GiB = "
+                   f"{r['argument GiB/dev'] / base['argument GiB/dev']:.3f} x the 1-device "
+                   f"{base['argument GiB/dev']:.2f} GiB; temp {r['temp GiB/dev']:.2f} GiB vs "
+                   f"{base['temp GiB/dev']:.2f} GiB")
     erows, same = eval_bench()
     out += ["", f"2. Full ranking (target rank + top-{FL.top_k}) of {FL.eval_rows} queries "
                 f"over N = {FL.eval_items:,} items, D = 64 ({FL.eval_reps} timed batches)",
