@@ -17,11 +17,16 @@ once with the measured tiny-tower time and once with paper-scale FLOPs as the ti
 
 Command (the committed table):
   .venv/bin/python benchmarks/iisan_efficiency.py --out=results/iisan_efficiency.md
+
+Each row's numbers can be kept in ``--cache_dir`` (one JSON per row, reused when present), so
+rows can be computed by separate processes (``--rows``) and the table assembled by a final
+run; paper-scale compilation takes minutes per baseline on a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -104,18 +109,40 @@ def main():
     ap.add_argument("--num_items", type=int, default=20314, help="catalogue size (Scientific)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per tiny model")
     ap.add_argument("--out", default="", help="write the Markdown table here")
+    ap.add_argument("--cache_dir", default="", help="keep / reuse each row's numbers here")
+    ap.add_argument("--rows", default="", help="comma-separated row names to compute only "
+                    "(with --cache_dir; no table)")
     args = ap.parse_args()
 
+    wanted = [r for r in args.rows.split(",") if r] or [n for n, _ in ROWS]
+    unknown = set(wanted) - {n for n, _ in ROWS}
+    if unknown:
+        raise SystemExit(f"unknown rows {sorted(unknown)}; known: {[n for n, _ in ROWS]}")
     rows, task_cache = [], {}
     for name, arg in ROWS:
+        if name not in wanted:
+            continue
+        path = os.path.join(args.cache_dir, name.replace(" ", "_").replace("(", "").replace(")", "") + ".json")
+        if args.cache_dir and os.path.exists(path):
+            with open(path) as f:
+                rows.append(json.load(f))
+            continue
         t0 = time.time()
         n_train, cost = paper_scale(arg, args.users, args.num_items)
         sec = measured(arg, task_cache, args.users, args.steps)
-        rows.append(dict(name=name, params=n_train, peak=cost.peak_bytes, temp=cost.temp_bytes,
-                         args=cost.argument_bytes, flops=cost.flops, sec=sec))
+        row = dict(name=name, params=n_train, peak=cost.peak_bytes, temp=cost.temp_bytes,
+                   args=cost.argument_bytes, flops=cost.flops, sec=sec,
+                   setting=dict(users=args.users, num_items=args.num_items, steps=args.steps))
+        rows.append(row)
+        if args.cache_dir:
+            os.makedirs(args.cache_dir, exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(row, f)
         print(f"{name}: {n_train:,} trainable, peak {format_bytes(cost.peak_bytes)}, "
               f"{cost.flops / 1e12:.2f} TFLOP, tiny step {sec * 1e3:.1f} ms "
               f"({time.time() - t0:.0f} s)", flush=True)
+    if args.rows:
+        return
 
     t_meas = tpme([r["sec"] for r in rows], [r["params"] for r in rows], [r["peak"] for r in rows])
     t_flop = tpme([r["flops"] for r in rows], [r["params"] for r in rows], [r["peak"] for r in rows])

@@ -580,6 +580,9 @@ def init(rng, task, config) -> State:
     spec = build_spec(config, task.num_items)
     params = init_params(spec, rng)
     trainable, _ = freeze.split_trainable(params, labels_of(spec, params))
+    # Own buffers: the tower weights are shared with make_consts through a cache, and the
+    # state is donated to the step.
+    trainable = jax.tree.map(lambda x: jnp.array(x, copy=True), trainable)
     tx = make_optimizer(spec, trainable)
     return State(step=jnp.zeros((), jnp.int32), params=trainable, opt_state=tx.init(trainable),
                  spec=spec, tx=tx)
