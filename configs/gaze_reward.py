@@ -12,6 +12,8 @@ Arguments (comma-separated after the colon):
              bilstm (an ET1-style BiLSTM fitted to the proxy)
   features   fcomb2.5 (default: all 5) | fcomb1 | fcomb2.1 | fcomb2.2
   regime     full (default: the decoder is random-init here) | lora | frozen
+             (set config.model.pretrain_steps > 0 first so lora/frozen start from a decoder
+             pretrained on the pairs' texts)
   seed       training seed
   smoke      a few steps on tiny data (CI)
 
@@ -75,6 +77,7 @@ def get_config(arg=None):
     c.model.num_layers = 2
     c.model.num_heads = 4
     c.model.max_position_embeddings = 128
+    c.model.pretrain_steps = 0         # > 0: causal-LM pretraining of the decoder on the pairs' texts
     c.model.lora_rank = 8
     c.model.lora_alpha = 32.0
     c.model.lora_dropout = 0.1

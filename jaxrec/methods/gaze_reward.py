@@ -18,6 +18,8 @@ arXiv 2410.01532; spec ``llm.md`` §2 (§2.1 predictors, §2.2 reward model, §2
   remapped to the LLM's tokens). The two delimiter embeddings are their own parameters
   (``eye_tokens [2, H]``) rather than rows appended to the (possibly frozen) table — the same
   function as resizing the table, without touching the checkpoint's embedding.
+* :func:`pretrain_decoder`: a short causal-LM pretraining of the small decoder on the pairs'
+  texts (``config.model.pretrain_steps``), standing in for the pretrained LLM.
 * :func:`bt_loss`: Bradley–Terry ``-log sigmoid(r_c - r_r)`` (TRL's RewardTrainer);
   :func:`pairwise_accuracy`: ``mean[r_c > r_r]``; :class:`PairwiseEvaluator`.
 
@@ -27,11 +29,13 @@ The data kind is ``'preferences'`` (:func:`preference_task`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,6 +137,46 @@ def bilstm_predictor(model: ET1BiLSTM, params, max_et_len: int):
         ids[0, :m], mask[0, :m] = et_ids, 1
         return np.asarray(apply(params, ids, mask))[0, :m]
     return predictor
+
+
+def pretrain_decoder(cfg: LlamaConfig, ids: np.ndarray, mask: np.ndarray, *, steps: int, batch_size: int = 32,
+                     lr: float = 3e-3, seed: int = 0):
+    """A short causal-LM pretraining of the small decoder on the task's own texts.
+
+    Stands in for the pretrained LLM of the paper (none is available offline): next-token
+    cross-entropy on right-padded ``ids [N, T]`` / ``mask [N, T]``, Adam at ``lr``.
+
+    Returns:
+      ``(params, losses [steps])``: the decoder's ``'params'`` tree *without* ``lm_head``, ready
+      to replace the ``decoder`` subtree of a :class:`GazeRewardModel` (same ``cfg`` otherwise).
+    """
+    lm_cfg = dataclasses.replace(cfg, with_lm_head=True, lora_rank=0)
+    model = LlamaModel(lm_cfg)
+    rng = jax.random.key(seed)
+    params = model.init(rng, jnp.asarray(ids[:2]))
+    tx = optax.adam(lr)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, b_ids, b_mask):
+        def loss_fn(p):
+            logits = model.apply(p, b_ids, b_mask).logits[:, :-1]
+            tgt, m = b_ids[:, 1:], b_mask[:, 1:].astype(jnp.float32)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), tgt)
+            return (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
+        loss, g = jax.value_and_grad(loss_fn)(params)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt, loss
+
+    np_rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(steps):
+        idx = np_rng.integers(0, len(ids), batch_size)
+        params, opt, loss = step(params, opt, ids[idx], mask[idx])
+        losses.append(float(loss))
+    out = dict(params["params"])
+    out.pop("lm_head", None)
+    return out, np.asarray(losses)
 
 
 # ---------------------------------------------------------------------------- model
@@ -289,9 +333,20 @@ def init(rng, task, config) -> State:
     model = build_model(config, int(task.extras["vocab_size"]))
     batch = task.example_batch(2)
     params = model.init(rng, *_both(batch))
+    pre = task.extras.get("pretrained_decoder")
+    if pre is not None:
+        # Pretrained weights replace the random ones; LoRA leaves (absent from ``pre``) stay.
+        dec = flax.traverse_util.flatten_dict(params["params"]["decoder"])
+        for k, v in flax.traverse_util.flatten_dict(pre).items():
+            if k not in dec or dec[k].shape != v.shape:
+                raise ValueError(f"pretrained decoder leaf {'/'.join(k)} does not fit the reward model's decoder")
+            dec[k] = jnp.asarray(v)
+        params = {"params": dict(params["params"], decoder=flax.traverse_util.unflatten_dict(dec))}
     num_steps = int(config.train.get("num_steps", 0) or 0) or task.steps_per_epoch * int(config.train.get("num_epochs", 1))
-    tx = freeze.masked_optimizer(make_optimizer(config, num_steps), params["params"],
-                                 REGIMES[config.model.regime])
+    # Only the patterns of modules this variant has (masked_optimizer rejects unmatched ones).
+    absent = {"none": ("et_proj", "eye_tokens"), "add": ("eye_tokens",), "concat": ()}[model.variant]
+    patterns = tuple(p for p in REGIMES[config.model.regime] if not any(a in p for a in absent))
+    tx = freeze.masked_optimizer(make_optimizer(config, num_steps), params["params"], patterns)
     # The masked transform sees the inner 'params' tree (its path patterns start there).
     return State(params, tx.init(params["params"]), jnp.zeros((), jnp.int32), model, tx)
 
@@ -398,6 +453,16 @@ def preference_task(dataset, config) -> tasks.TaskParts:
                             max_et_len=int(d.max_et_len), predictor=predictor, remap=d.remap, cache=cache)
     arrays = {k: enc(v) for k, v in splits.items()}
     extras["cache_size"] = len(cache)
+    if int(config.model.get("pretrain_steps", 0) or 0) > 0:
+        # Causal-LM pretraining on both sides of the training pairs (the texts the reward
+        # model reads), done once per task so every variant and seed starts from it.
+        tr_a = arrays["train"]
+        ids = np.concatenate([tr_a["chosen_ids"], tr_a["rejected_ids"]])
+        mask = np.concatenate([tr_a["chosen_mask"], tr_a["rejected_mask"]])
+        extras["pretrained_decoder"], losses = pretrain_decoder(
+            _decoder_config(config, llm_tok.vocab_size), ids, mask, steps=int(config.model.pretrain_steps),
+            seed=int(d.data_seed))
+        extras["pretrain_loss"] = (float(losses[:10].mean()), float(losses[-10:].mean()))
     return tasks.TaskParts(train=arrays["train"], validation=_eval_set(arrays["validation"]),
                            test=_eval_set(arrays["test"]), extras=extras)
 

@@ -167,3 +167,35 @@ def test_bad_config_values(smoke_task):
     c.model.regime = "half"
     with pytest.raises(ValueError, match="regime"):
         gr.init(jax.random.key(0), task, c)
+
+
+def test_pretrained_decoder_is_loaded(smoke_task):
+    c, task = smoke_task
+    tr = task.train
+    dec_cfg = gr._decoder_config(c, task.extras["vocab_size"])
+    pre, losses = gr.pretrain_decoder(dec_cfg, tr["chosen_ids"], tr["chosen_mask"], steps=30, batch_size=16)
+    assert "lm_head" not in pre
+    assert losses[-5:].mean() < 0.8 * losses[:3].mean()     # the LM loss falls
+    import dataclasses
+    task2 = dataclasses.replace(task, extras=dict(task.extras, pretrained_decoder=pre))
+    c2 = gaze_config.get_config("smoke,regime=lora")
+    state = gr.init(jax.random.key(0), task2, c2)
+    dec = state.params["params"]["decoder"]
+    np.testing.assert_array_equal(dec["embed_tokens"]["embedding"], pre["embed_tokens"]["embedding"])
+    np.testing.assert_array_equal(dec["layers_0"]["self_attn"]["q_proj"]["kernel"],
+                                  pre["layers_0"]["self_attn"]["q_proj"]["kernel"])
+    assert "lora_a" in dec["layers_0"]["self_attn"]["q_proj"]
+
+
+@pytest.mark.parametrize("variant", ["none", "add"])
+def test_frozen_regime_trains_only_the_head(smoke_task, variant):
+    """Every variant builds its regime mask (patterns of absent modules are dropped)."""
+    _, task = smoke_task
+    c = gaze_config.get_config(f"smoke,regime=frozen,variant={variant}")
+    state = gr.init(jax.random.key(0), task, c)
+    labels = freeze.param_labels(state.params["params"], gr.REGIMES["frozen"][2:3])
+    assert "trainable" in jax.tree_util.tree_leaves(labels)
+    trainable, total = freeze.count_params(
+        state.params["params"], freeze.param_labels(state.params["params"], [
+            p for p in gr.REGIMES["frozen"] if not (variant == "none" and "et_proj" in p) and "eye" not in p]))
+    assert 0 < trainable < total
