@@ -96,28 +96,37 @@ def train_et_bilstm(ids: np.ndarray, mask: np.ndarray, targets: np.ndarray, voca
       ``(model, params, losses [steps])``.
     """
     model = ET1BiLSTM(vocab_size, **kw)
-    rng = jax.random.key(seed)
-    params = model.init(rng, jnp.asarray(ids[:2]), jnp.asarray(mask[:2]))
+    params = model.init(jax.random.key(seed), jnp.asarray(ids[:2]), jnp.asarray(mask[:2]))
+
+    def loss_fn(p, b_ids, b_mask, b_y, r):
+        pred = model.apply(p, b_ids, b_mask, deterministic=False, rngs={"dropout": r})
+        err = ((pred - b_y) ** 2).sum(-1) * b_mask
+        return err.sum() / jnp.maximum(b_mask.sum(), 1)
+
+    params, losses = _fit(loss_fn, params, (ids, mask, targets), steps, batch_size, lr, seed)
+    return model, params, losses
+
+
+def _fit(loss_fn, params, arrays: tuple, steps: int, batch_size: int, lr: float, seed: int):
+    """Adam on ``loss_fn(params, *batch_arrays, rng)`` over ``steps`` random minibatches of
+    ``arrays`` (each ``[N, ...]``); the step is jitted once. Returns ``(params, losses)``."""
     tx = optax.adam(lr)
     opt = tx.init(params)
+    rng = jax.random.key(seed)
 
     @jax.jit
-    def step(params, opt, b_ids, b_mask, b_y, r):
-        def loss_fn(p):
-            pred = model.apply(p, b_ids, b_mask, deterministic=False, rngs={"dropout": r})
-            err = ((pred - b_y) ** 2).sum(-1) * b_mask
-            return err.sum() / jnp.maximum(b_mask.sum(), 1)
-        loss, g = jax.value_and_grad(loss_fn)(params)
+    def step(params, opt, batch, r):
+        loss, g = jax.value_and_grad(loss_fn)(params, *batch, r)
         upd, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, upd), opt, loss
 
     np_rng = np.random.default_rng(seed)
     losses = []
     for s in range(steps):
-        idx = np_rng.integers(0, len(ids), batch_size)
-        params, opt, loss = step(params, opt, ids[idx], mask[idx], targets[idx], jax.random.fold_in(rng, s))
+        idx = np_rng.integers(0, len(arrays[0]), batch_size)
+        params, opt, loss = step(params, opt, tuple(a[idx] for a in arrays), jax.random.fold_in(rng, s))
         losses.append(float(loss))
-    return model, params, np.asarray(losses)
+    return params, np.asarray(losses)
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,28 +161,15 @@ def pretrain_decoder(cfg: LlamaConfig, ids: np.ndarray, mask: np.ndarray, *, ste
     """
     lm_cfg = dataclasses.replace(cfg, with_lm_head=True, lora_rank=0)
     model = LlamaModel(lm_cfg)
-    rng = jax.random.key(seed)
-    params = model.init(rng, jnp.asarray(ids[:2]))
-    tx = optax.adam(lr)
-    opt = tx.init(params)
+    params = model.init(jax.random.key(seed), jnp.asarray(ids[:2]))
 
-    @jax.jit
-    def step(params, opt, b_ids, b_mask):
-        def loss_fn(p):
-            logits = model.apply(p, b_ids, b_mask).logits[:, :-1]
-            tgt, m = b_ids[:, 1:], b_mask[:, 1:].astype(jnp.float32)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), tgt)
-            return (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
-        loss, g = jax.value_and_grad(loss_fn)(params)
-        upd, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, upd), opt, loss
+    def loss_fn(p, b_ids, b_mask, r):
+        logits = model.apply(p, b_ids, b_mask).logits[:, :-1]
+        tgt, m = b_ids[:, 1:], b_mask[:, 1:].astype(jnp.float32)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), tgt)
+        return (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
 
-    np_rng = np.random.default_rng(seed)
-    losses = []
-    for _ in range(steps):
-        idx = np_rng.integers(0, len(ids), batch_size)
-        params, opt, loss = step(params, opt, ids[idx], mask[idx])
-        losses.append(float(loss))
+    params, losses = _fit(loss_fn, params, (ids, mask), steps, batch_size, lr, seed)
     out = dict(params["params"])
     out.pop("lm_head", None)
     return out, np.asarray(losses)
