@@ -136,7 +136,16 @@ def step_cost(fn: Callable, *args: Any, static_argnums: Sequence[int] = (),
     jitted = jax.jit(fn, static_argnums=tuple(static_argnums),
                      donate_argnums=tuple(donate_argnums))
     shaped = [a if i in static_argnums else abstract(a) for i, a in enumerate(args)]
-    compiled = jitted.lower(*shaped, **abstract(kwargs)).compile()
+    return compiled_cost(jitted.lower(*shaped, **abstract(kwargs)).compile())
+
+
+def compiled_cost(compiled: Any) -> StepCost:
+    """:class:`StepCost` of an already compiled executable (``jax.jit(f).lower(...).compile()``),
+    so a caller that also runs the step compiles it once.
+
+    Raises:
+      RuntimeError: the backend's compiled executable reports no memory analysis.
+    """
     mem = compiled.memory_analysis()
     if mem is None:
         raise RuntimeError(f"the {jax.default_backend()!r} backend reports no memory analysis "
