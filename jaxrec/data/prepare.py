@@ -83,6 +83,10 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------- raw reading
+# Option naming the raw directory a real dataset was prepared from (part of its cache key).
+SOURCE_KEY = "raw_source"
+
+
 def read_raw(name: str, raw_dir: Optional[str], options: dict) -> EventLog:
     """Reads (or generates) the normalised event log of a dataset."""
     if name == "synthetic":
@@ -109,7 +113,7 @@ def read_raw(name: str, raw_dir: Optional[str], options: dict) -> EventLog:
     if raw_dir is None:
         raise ValueError(f"dataset {name!r} needs --raw_dir: the directory holding "
                          f"{readers.EXPECTED_FILES.get(name, 'its raw files')}")
-    kwargs = {k: v for k, v in options.items() if k not in _SPLIT_KEYS}
+    kwargs = {k: v for k, v in options.items() if k not in _SPLIT_KEYS + (SOURCE_KEY,)}
     return readers.read(name, raw_dir, **kwargs)
 
 
@@ -296,8 +300,13 @@ def is_prepared(name: str, /, data_dir: Optional[str] = None, **options) -> bool
                for d in dataset_dirs(name, data_dir, _normalise_options(name, options)))
 
 
-def _normalise_options(name: str, options: dict) -> dict:
+def _normalise_options(name: str, options: dict, raw_dir: Optional[str] = None) -> dict:
     opts = dict(options)
+    if raw_dir is not None and name != "synthetic":
+        # The prepared copy is keyed by where its raw files came from as well: the same
+        # dataset name read from another directory (another download, a test fixture) is
+        # another dataset, never a silent reuse of the first one prepared.
+        opts[SOURCE_KEY] = os.path.realpath(raw_dir)
     opts.setdefault("split_seed", 0)
     opts["split_fractions"] = list(opts.get("split_fractions", (0.8, 0.1, 0.1)))
     if name == "synthetic":
@@ -322,7 +331,7 @@ def prepare(name: str, /, raw_dir: Optional[str] = None, data_dir: Optional[str]
       (sessions dir, items dir) of the complete dataset.
     """
     data_dir = data_dir or default_data_dir()
-    options = _normalise_options(name, options)
+    options = _normalise_options(name, options, raw_dir)
     if is_prepared(name, data_dir, **options):
         return dataset_dirs(name, data_dir, options)
     # Two processes asked for the same dataset at once (parallel test workers, several
@@ -411,7 +420,7 @@ def load(name: str, /, raw_dir: Optional[str] = None, data_dir: Optional[str] = 
       FileNotFoundError: not prepared and ``prepare_if_missing`` is False.
     """
     data_dir = data_dir or default_data_dir()
-    options = _normalise_options(name, options)
+    options = _normalise_options(name, options, raw_dir)
     if not is_prepared(name, data_dir, **options):
         if not prepare_if_missing:
             raise FileNotFoundError(

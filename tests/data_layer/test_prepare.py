@@ -114,3 +114,22 @@ def test_preparation_and_loading_never_import_tensorflow(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_same_dataset_name_from_another_raw_dir_is_prepared_separately(tmp_path, raw_dir,
+                                                                      monkeypatch):
+    """The cache key includes the raw directory: a second download (or a test fixture) of
+    'retailrocket' must not silently reuse the first one's preparation."""
+    import shutil
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(os.path.join(raw_dir, "retailrocket"), a)
+    shutil.copytree(os.path.join(raw_dir, "retailrocket"), b)
+    data = str(tmp_path / "data")
+    dirs_a = prep.prepare("retailrocket", str(a), data)
+    assert prep.is_prepared("retailrocket", data_dir=data, raw_source=os.path.realpath(a))
+    assert not prep.is_prepared("retailrocket", data_dir=data, raw_source=os.path.realpath(b))
+    dirs_b = prep.prepare("retailrocket", str(b), data)
+    assert dirs_a != dirs_b
+    # the same directory named differently (relative path) is the same dataset
+    monkeypatch.chdir(tmp_path)
+    assert prep.prepare("retailrocket", "a", data) == dirs_a
