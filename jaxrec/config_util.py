@@ -37,6 +37,21 @@ DATASET_DEFAULTS = {
 }
 
 
+def choice(section, path: str, allowed, default=None) -> str:
+    """``str(section[leaf])`` (``default`` when unset), checked against ``allowed``.
+
+    ``path`` is the field's full name for the error (``'rl.prl_weight'``); its last part
+    is the key read from ``section``. Raises ValueError naming ``config.<path>``, the
+    accepted values and the value given.
+    """
+    leaf = path.rpartition(".")[2]
+    value = str(section.get(leaf, default))
+    if value not in allowed:
+        raise ValueError(f"config.{path} must be one of {', '.join(map(str, allowed))}, "
+                         f"got {value!r}")
+    return value
+
+
 def parse_arg(arg: Optional[str], allowed: dict) -> dict:
     """Parses ``'a=1,b=x,flag'`` into a dict, with defaults from ``allowed``.
 

@@ -55,6 +55,7 @@ import logging
 
 import numpy as np
 
+from jaxrec import config_util
 from jaxrec.data import examples
 from jaxrec.data import prepare as prep
 from jaxrec.data import tasks
@@ -145,10 +146,7 @@ def _feature_signals(sessions: Sessions) -> dict:
 
 def signal_source(dataset: prep.Dataset, config) -> str:
     """The resolved ``config.data.signals`` ('features' or 'proxy')."""
-    src = str(config.data.get("signals", "auto"))
-    if src not in SIGNAL_SOURCES:
-        raise ValueError(f"config.data.signals must be one of {', '.join(SIGNAL_SOURCES)}, "
-                         f"got {src!r}")
+    src = config_util.choice(config.data, "data.signals", SIGNAL_SOURCES, "auto")
     has = all(n in dataset.splits["train"].features for n in FEATURE_SIGNALS)
     if src == "auto":
         return "features" if has else "proxy"

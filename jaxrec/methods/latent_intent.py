@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxrec import config_util
 from jaxrec.methods import common
 from jaxrec.methods import reinforce
 
@@ -240,14 +241,8 @@ class Hyper(reinforce.Hyper):
 
 def _intent_config(config):
     i = config.intent
-    cond = str(i.get("conditioning", "concat"))
-    if cond not in CONDITIONINGS:
-        raise ValueError(f"config.intent.conditioning must be one of {', '.join(CONDITIONINGS)}, "
-                         f"got {cond!r}")
-    pl = str(i.get("policy_latent", "prior_mean"))
-    if pl not in POLICY_LATENTS:
-        raise ValueError(f"config.intent.policy_latent must be one of "
-                         f"{', '.join(POLICY_LATENTS)}, got {pl!r}")
+    cond = config_util.choice(i, "intent.conditioning", CONDITIONINGS, "concat")
+    pl = config_util.choice(i, "intent.policy_latent", POLICY_LATENTS, "prior_mean")
     clip = float(i.get("logvar_clip", 5.0))
     if clip <= 0:
         raise ValueError(f"config.intent.logvar_clip must be > 0, got {clip}")

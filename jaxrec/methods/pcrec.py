@@ -51,6 +51,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from jaxrec import config_util
 from jaxrec.data import pcrec as _pcrec_data  # noqa: F401  (registers 'pcrec_*' kinds)
 from jaxrec.encoders.bpr import BPRMF, sample_negatives
 from jaxrec.methods import common
@@ -266,9 +267,7 @@ def hyper(config, task) -> Hyper:
     base = str(config.model.encoder)
     if base not in BASES:
         raise ValueError(f"config.model.encoder={base!r}: PCRec's bases are {BASES}")
-    variant = str(pc.variant)
-    if variant not in VARIANTS:
-        raise ValueError(f"config.pcrec.variant must be one of {VARIANTS}, got {variant!r}")
+    variant = config_util.choice(pc, "pcrec.variant", VARIANTS)
     p = int(pc.num_peers)
     if p < 1 or (variant in ("lw", "pw") and p < 2):
         raise ValueError(f"config.pcrec.num_peers={p}: variant {variant!r} needs "

@@ -64,6 +64,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax import struct
 
+from jaxrec import config_util
 from jaxrec.data.tasks import rewards_of
 from jaxrec.encoders import make_encoder, read_state
 from jaxrec.encoders.common import REFERENCE_MASK_VALUE, valid_mask
@@ -197,9 +198,7 @@ class State:
 
 def hyper(config) -> Hyper:
     """ε and the weighting from ``config.rl``; rewards and the step range from ``config.data``."""
-    weight = str(config.rl.get("prl_weight", "reward"))
-    if weight not in WEIGHTS:
-        raise ValueError(f"config.rl.prl_weight must be one of {WEIGHTS}, got {weight!r}")
+    weight = config_util.choice(config.rl, "rl.prl_weight", WEIGHTS, "reward")
     r_click, r_buy = rewards_of(config)
     return Hyper(epsilon=float(config.rl.get("prl_epsilon", 2.0)), weight=weight,
                  r_click=r_click, r_buy=r_buy,

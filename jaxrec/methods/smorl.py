@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxrec import config_util
 from jaxrec import metrics as M
 from jaxrec.data.tasks import rewards_of
 from jaxrec.methods import common
@@ -94,10 +95,7 @@ def hyper(config) -> Hyper:
     """SMORL's settings from ``config.rl``; rewards from ``config.data``."""
     rl = config.rl
     r_click, r_buy = rewards_of(config)
-    div_empty = str(rl.get("smorl_div_empty", "pad"))
-    if div_empty not in DIV_EMPTY:
-        raise ValueError(f"config.rl.smorl_div_empty must be one of {DIV_EMPTY}, got "
-                         f"{div_empty!r}")
+    div_empty = config_util.choice(rl, "rl.smorl_div_empty", DIV_EMPTY, "pad")
     rank_head = str(rl.get("rank_head", "s"))
     if rank_head not in HEADS:
         raise ValueError(f"config.rl.rank_head must be one of {HEADS} for SMORL, got "

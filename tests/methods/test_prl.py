@@ -260,3 +260,11 @@ def test_every_encoder_trains_two_steps_through_experiment_run(tmp_path, tiny, e
     assert res["steps_done"] == 2
     test = res["test"]
     assert np.isfinite(test["purchase/ndcg@1"]) and np.isfinite(test["click/hr@20"])
+
+
+def test_unknown_choice_names_the_field_and_the_accepted_values():
+    c = get_config("prl.py", "smoke")
+    c.rl.prl_weight = "rewrd"
+    with pytest.raises(ValueError, match=r"config\.rl\.prl_weight must be one of "
+                                         r".*reward.*got 'rewrd'"):
+        prl.hyper(c)
