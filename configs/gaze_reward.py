@@ -47,8 +47,8 @@ def get_config(arg=None):
     c.method = "gaze_reward"
     c.label = f"gaze_reward/{a['variant']}"
     c.seed = int(a["seed"])
-    # The core loads an interaction dataset before any task builder runs; this kind ignores it
-    # (the smallest one is named so the load is cheap).
+    # The preference kind reads its own pairs (no interaction dataset is loaded); the section
+    # stays so every config has the same fields.
     c.dataset = config_util.dataset_config("synthetic", None, True)
     c.data = ml_collections.ConfigDict()
     c.data.kind = "jaxrec.methods.gaze_reward.preference_task"
@@ -77,7 +77,8 @@ def get_config(arg=None):
     c.model.num_layers = 2
     c.model.num_heads = 4
     c.model.max_position_embeddings = 128
-    c.model.pretrain_steps = 0         # > 0: causal-LM pretraining of the decoder on the pairs' texts
+    c.model.pretrain_steps = 0         # > 0: causal-LM pretraining of the decoder on the pairs' texts (cached)
+    c.model.decoder_checkpoint = ""    # a saved jaxrec decoder (jaxrec.backbones.decoder_lm) to start from
     c.model.lora_rank = 8
     c.model.lora_alpha = 32.0
     c.model.lora_dropout = 0.1

@@ -11,7 +11,9 @@ Task builders are registered by *data kind* (``config.data.kind``) with :func:`r
 ``build_task`` looks the kind up, or imports it when the kind is a dotted path
 (``mypkg.tasks.my_builder``), so a new kind of data needs no edit here or in the trainer.
 A builder is ``fn(dataset, config) -> TaskParts``; :func:`build_task` adds the parts every
-task shares (item frequency, side information, statistics, the ``max_queries`` prefix).
+task shares (item frequency, side information, statistics, the ``max_queries`` prefix). A
+builder marked :func:`without_dataset` reads its own data (preference pairs) and gets
+``dataset=None``: no interaction dataset is loaded for it.
 
 Kinds registered here:
 
@@ -193,19 +195,36 @@ def load_dataset(config) -> prep.Dataset:
                      data_dir=d.get("data_dir") or None, **dict(d.get("options", {})))
 
 
+def without_dataset(fn: Builder) -> Builder:
+    """Marks a builder that reads its own data (e.g. preference pairs): :func:`build_task`
+    then loads no interaction dataset and calls ``fn(None, config)``. Such a builder may put
+    ``num_items``, ``items`` (:class:`ItemInfo`), ``item_freq`` and ``name`` in its extras."""
+    fn.needs_dataset = False
+    return fn
+
+
 def build_task(config, dataset: Optional[prep.Dataset] = None) -> Task:
-    """Loads ``config.dataset`` (unless given) and builds the ``config.data.kind`` task."""
-    dataset = dataset if dataset is not None else load_dataset(config)
-    parts = get_builder(config.data.kind)(dataset, config)
+    """Loads ``config.dataset`` (unless given, or unless the kind's builder is marked
+    :func:`without_dataset`) and builds the ``config.data.kind`` task."""
+    builder = get_builder(config.data.kind)
+    if dataset is None and getattr(builder, "needs_dataset", True):
+        dataset = load_dataset(config)
+    parts = builder(dataset, config)
     max_q = int(config.eval.get("max_queries", 0) or 0)
     val, test = parts.validation, parts.test
     if max_q:
         val, test = val.head(max_q), test.head(max_q)
+    common = dict(kind=config.data.kind, batch_size=int(config.train.batch_size), train=parts.train,
+                  validation=val, test=test, extras=parts.extras)
+    if dataset is None:
+        ex = parts.extras
+        n = int(ex.get("num_items", 0))
+        return Task(name=str(ex.get("name", config.data.kind)), num_items=n,
+                    item_freq=np.asarray(ex.get("item_freq", np.zeros(n, np.int64)), np.int64),
+                    items=ex.get("items", ItemInfo()), stats={}, **common)
     freq = np.bincount(dataset.all_sessions().items, minlength=dataset.num_items)
-    return Task(name=dataset.name, kind=config.data.kind, num_items=dataset.num_items,
-                batch_size=int(config.train.batch_size), train=parts.train,
-                validation=val, test=test, item_freq=freq.astype(np.int64),
-                items=dataset.items, stats=dataset.stats(), extras=parts.extras)
+    return Task(name=dataset.name, num_items=dataset.num_items, item_freq=freq.astype(np.int64),
+                items=dataset.items, stats=dataset.stats(), **common)
 
 
 # --------------------------------------------------------------------------- protocols

@@ -18,8 +18,10 @@ arXiv 2410.01532; spec ``llm.md`` §2 (§2.1 predictors, §2.2 reward model, §2
   remapped to the LLM's tokens). The two delimiter embeddings are their own parameters
   (``eye_tokens [2, H]``) rather than rows appended to the (possibly frozen) table — the same
   function as resizing the table, without touching the checkpoint's embedding.
-* :func:`pretrain_decoder`: a short causal-LM pretraining of the small decoder on the pairs'
-  texts (``config.model.pretrain_steps``), standing in for the pretrained LLM.
+* The decoder's starting weights (``config.model.pretrain_steps`` > 0 or
+  ``config.model.decoder_checkpoint``): :func:`jaxrec.backbones.decoder_lm.get_decoder`, a
+  causal-LM pretraining on the training pairs' rendered texts, cached as a checkpoint shared by
+  every variant and seed (or a saved / Hugging Face decoder), standing in for the pretrained LLM.
 * :func:`bt_loss`: Bradley–Terry ``-log sigmoid(r_c - r_r)`` (TRL's RewardTrainer);
   :func:`pairwise_accuracy`: ``mean[r_c > r_r]``; :class:`PairwiseEvaluator`.
 
@@ -29,18 +31,17 @@ The data kind is ``'preferences'`` (:func:`preference_task`).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrec.backbones import decoder_lm
 from jaxrec.backbones.llama import LlamaConfig, LlamaModel
 from jaxrec.data import preferences as prefs
 from jaxrec.data import tasks
@@ -103,30 +104,8 @@ def train_et_bilstm(ids: np.ndarray, mask: np.ndarray, targets: np.ndarray, voca
         err = ((pred - b_y) ** 2).sum(-1) * b_mask
         return err.sum() / jnp.maximum(b_mask.sum(), 1)
 
-    params, losses = _fit(loss_fn, params, (ids, mask, targets), steps, batch_size, lr, seed)
+    params, losses = decoder_lm.fit_minibatch(loss_fn, params, (ids, mask, targets), steps, batch_size, lr, seed)
     return model, params, losses
-
-
-def _fit(loss_fn, params, arrays: tuple, steps: int, batch_size: int, lr: float, seed: int):
-    """Adam on ``loss_fn(params, *batch_arrays, rng)`` over ``steps`` random minibatches of
-    ``arrays`` (each ``[N, ...]``); the step is jitted once. Returns ``(params, losses)``."""
-    tx = optax.adam(lr)
-    opt = tx.init(params)
-    rng = jax.random.key(seed)
-
-    @jax.jit
-    def step(params, opt, batch, r):
-        loss, g = jax.value_and_grad(loss_fn)(params, *batch, r)
-        upd, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, upd), opt, loss
-
-    np_rng = np.random.default_rng(seed)
-    losses = []
-    for s in range(steps):
-        idx = np_rng.integers(0, len(arrays[0]), batch_size)
-        params, opt, loss = step(params, opt, tuple(a[idx] for a in arrays), jax.random.fold_in(rng, s))
-        losses.append(float(loss))
-    return params, np.asarray(losses)
 
 
 @functools.lru_cache(maxsize=None)
@@ -146,33 +125,6 @@ def bilstm_predictor(model: ET1BiLSTM, params, max_et_len: int):
         ids[0, :m], mask[0, :m] = et_ids, 1
         return np.asarray(apply(params, ids, mask))[0, :m]
     return predictor
-
-
-def pretrain_decoder(cfg: LlamaConfig, ids: np.ndarray, mask: np.ndarray, *, steps: int, batch_size: int = 32,
-                     lr: float = 3e-3, seed: int = 0):
-    """A short causal-LM pretraining of the small decoder on the task's own texts.
-
-    Stands in for the pretrained LLM of the paper (none is available offline): next-token
-    cross-entropy on right-padded ``ids [N, T]`` / ``mask [N, T]``, Adam at ``lr``.
-
-    Returns:
-      ``(params, losses [steps])``: the decoder's ``'params'`` tree *without* ``lm_head``, ready
-      to replace the ``decoder`` subtree of a :class:`GazeRewardModel` (same ``cfg`` otherwise).
-    """
-    lm_cfg = dataclasses.replace(cfg, with_lm_head=True, lora_rank=0)
-    model = LlamaModel(lm_cfg)
-    params = model.init(jax.random.key(seed), jnp.asarray(ids[:2]))
-
-    def loss_fn(p, b_ids, b_mask, r):
-        logits = model.apply(p, b_ids, b_mask).logits[:, :-1]
-        tgt, m = b_ids[:, 1:], b_mask[:, 1:].astype(jnp.float32)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), tgt)
-        return (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
-
-    params, losses = _fit(loss_fn, params, (ids, mask), steps, batch_size, lr, seed)
-    out = dict(params["params"])
-    out.pop("lm_head", None)
-    return out, np.asarray(losses)
 
 
 # ---------------------------------------------------------------------------- model
@@ -332,12 +284,8 @@ def init(rng, task, config) -> State:
     pre = task.extras.get("pretrained_decoder")
     if pre is not None:
         # Pretrained weights replace the random ones; LoRA leaves (absent from ``pre``) stay.
-        dec = flax.traverse_util.flatten_dict(params["params"]["decoder"])
-        for k, v in flax.traverse_util.flatten_dict(pre).items():
-            if k not in dec or dec[k].shape != v.shape:
-                raise ValueError(f"pretrained decoder leaf {'/'.join(k)} does not fit the reward model's decoder")
-            dec[k] = jnp.asarray(v)
-        params = {"params": dict(params["params"], decoder=flax.traverse_util.unflatten_dict(dec))}
+        params = {"params": dict(params["params"], decoder=decoder_lm.merge_params(
+            params["params"]["decoder"], pre, "decoder"))}
     num_steps = int(config.train.get("num_steps", 0) or 0) or task.steps_per_epoch * int(config.train.get("num_epochs", 1))
     # Only the patterns of modules this variant has (masked_optimizer rejects unmatched ones).
     absent = {"none": ("et_proj", "eye_tokens"), "add": ("eye_tokens",), "concat": ()}[model.variant]
@@ -418,11 +366,12 @@ def load_pairs(config) -> dict:
     return prefs.read_splits(d.source, d.data_dir, float(d.val_fraction), int(d.split_seed))
 
 
+@tasks.without_dataset
 def preference_task(dataset, config) -> tasks.TaskParts:
     """Data kind for reward models (``config.data.kind = 'jaxrec.methods.gaze_reward.preference_task'``).
 
-    The interaction ``dataset`` the core loads is not used: preference pairs come from
-    :func:`load_pairs`. Tokenizers are built on the training texts (LLM pieces of
+    Marked :func:`~jaxrec.data.tasks.without_dataset`: no interaction dataset is loaded
+    (``dataset`` is None); preference pairs come from :func:`load_pairs`. Tokenizers are built on the training texts (LLM pieces of
     ``llm_piece`` characters, ET pieces of ``et_piece``); ET features come from the proxy or
     from an :class:`ET1BiLSTM` fitted to the proxy on the training texts
     (``config.data.predictor``), cached by token-id hash, and remapped with
@@ -435,10 +384,13 @@ def preference_task(dataset, config) -> tasks.TaskParts:
     if len(tr) == 0:
         raise ValueError("preference task: the training split has no pairs")
     texts = tr.prompt + tr.chosen + tr.rejected
-    llm_tok = prefs.PieceTokenizer(texts + [prefs.USER, prefs.ASSISTANT], int(d.llm_piece))
+    dec = _pretrained_decoder(config, tr)
+    llm_tok = dec.tokenizer if dec is not None else prefs.PieceTokenizer(
+        texts + [prefs.USER, prefs.ASSISTANT], int(d.llm_piece))
     et_tok = prefs.PieceTokenizer(texts, int(d.et_piece))
     cache = prefs.FeatureCache()
-    extras = {"vocab_size": llm_tok.vocab_size, "et_vocab_size": et_tok.vocab_size}
+    extras = {"vocab_size": llm_tok.vocab_size, "et_vocab_size": et_tok.vocab_size,
+              "name": f"preferences/{d.source}"}
     predictor = None
     if d.predictor == "bilstm":
         predictor, extras["bilstm_loss"] = _fit_bilstm(texts, et_tok, int(d.max_et_len), int(d.bilstm_steps),
@@ -449,18 +401,37 @@ def preference_task(dataset, config) -> tasks.TaskParts:
                             max_et_len=int(d.max_et_len), predictor=predictor, remap=d.remap, cache=cache)
     arrays = {k: enc(v) for k, v in splits.items()}
     extras["cache_size"] = len(cache)
-    if int(config.model.get("pretrain_steps", 0) or 0) > 0:
-        # Causal-LM pretraining on both sides of the training pairs (the texts the reward
-        # model reads), done once per task so every variant and seed starts from it.
-        tr_a = arrays["train"]
-        ids = np.concatenate([tr_a["chosen_ids"], tr_a["rejected_ids"]])
-        mask = np.concatenate([tr_a["chosen_mask"], tr_a["rejected_mask"]])
-        extras["pretrained_decoder"], losses = pretrain_decoder(
-            _decoder_config(config, llm_tok.vocab_size), ids, mask, steps=int(config.model.pretrain_steps),
-            seed=int(d.data_seed))
-        extras["pretrain_loss"] = (float(losses[:10].mean()), float(losses[-10:].mean()))
+    if dec is not None:
+        extras["pretrained_decoder"] = dec.backbone_params()
+        extras["pretrain_loss"] = (dec.info.get("loss_first"), dec.info.get("loss_last"))
     return tasks.TaskParts(train=arrays["train"], validation=_eval_set(arrays["validation"]),
                            test=_eval_set(arrays["test"]), extras=extras)
+
+
+def _pretrained_decoder(config, train_pairs):
+    """The decoder the reward model starts from, or None (random init).
+
+    ``config.model.decoder_checkpoint`` names a saved / Hugging Face decoder; otherwise, with
+    ``config.model.pretrain_steps`` > 0, the decoder pretrained on the training pairs' texts as
+    the reward model reads them (``user: <prompt> assistant: <response>``, both responses),
+    cached under a key of those texts and the settings (:func:`decoder_lm.get_decoder`), so every
+    variant and seed starts from the same weights.
+    """
+    m, d = config.model, config.data
+    ckpt = str(m.get("decoder_checkpoint", "") or "")
+    steps = int(m.get("pretrain_steps", 0) or 0)
+    if not ckpt and steps <= 0:
+        return None
+    section = decoder_lm.default_section(
+        checkpoint=ckpt, piece=int(d.llm_piece), mark="", pretrain_steps=steps, max_len=int(d.max_len),
+        seed=int(d.data_seed), **{f: int(m[f]) for f in decoder_lm.ARCH_FIELDS})
+    texts = [f"{prefs.USER} {p} {prefs.ASSISTANT} {r}"
+             for side in (train_pairs.chosen, train_pairs.rejected) for p, r in zip(train_pairs.prompt, side)]
+    dec = decoder_lm.get_decoder(section, texts)
+    if not hasattr(dec.tokenizer, "encode_words"):
+        raise ValueError(f"config.model.decoder_checkpoint={ckpt!r}: GazeReward aligns gaze features to words "
+                         "and needs a jaxrec decoder (PieceTokenizer); this tokenizer has no word alignment")
+    return dec
 
 
 def _fit_bilstm(texts, et_tok, max_et_len: int, steps: int, seed: int):

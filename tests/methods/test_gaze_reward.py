@@ -169,17 +169,29 @@ def test_bad_config_values(smoke_task):
         gr.init(jax.random.key(0), task, c)
 
 
-def test_pretrained_decoder_is_loaded(smoke_task):
-    c, task = smoke_task
-    tr = task.train
-    dec_cfg = gr._decoder_config(c, task.extras["vocab_size"])
-    pre, losses = gr.pretrain_decoder(dec_cfg, tr["chosen_ids"], tr["chosen_mask"], steps=30, batch_size=16)
+def test_pretrained_decoder_is_loaded(tmp_path):
+    """pretrain_steps > 0: the task pretrains the decoder once (cached under cache_dir), the
+    reward model starts from it, and a second build loads the same weights from the cache."""
+    import os
+    from jaxrec.data import tasks
+    c = gaze_config.get_config("smoke,regime=lora")
+    c.model.pretrain_steps = 30
+    os.environ["JAXREC_DATA_DIR"], old = str(tmp_path), os.environ["JAXREC_DATA_DIR"]
+    try:
+        task = tasks.build_task(c)
+        cached = os.listdir(tmp_path / "decoders")
+        task_again = tasks.build_task(c)
+    finally:
+        os.environ["JAXREC_DATA_DIR"] = old
+    assert len(cached) == 1 and cached[0].startswith("decoder-")
+    assert os.listdir(tmp_path) == ["decoders"]      # the kind loads no interaction dataset
+    assert task.name == "preferences/synthetic" and task.num_items == 0
+    pre = task.extras["pretrained_decoder"]
     assert "lm_head" not in pre
-    assert losses[-5:].mean() < 0.8 * losses[:3].mean()     # the LM loss falls
-    import dataclasses
-    task2 = dataclasses.replace(task, extras=dict(task.extras, pretrained_decoder=pre))
-    c2 = gaze_config.get_config("smoke,regime=lora")
-    state = gr.init(jax.random.key(0), task2, c2)
+    first, last = task.extras["pretrain_loss"]
+    assert last < 0.8 * first                      # the LM loss falls
+    np.testing.assert_array_equal(task_again.extras["pretrained_decoder"]["norm"]["weight"], pre["norm"]["weight"])
+    state = gr.init(jax.random.key(0), task, c)
     dec = state.params["params"]["decoder"]
     np.testing.assert_array_equal(dec["embed_tokens"]["embedding"], pre["embed_tokens"]["embedding"])
     np.testing.assert_array_equal(dec["layers_0"]["self_attn"]["q_proj"]["kernel"],
