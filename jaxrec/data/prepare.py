@@ -37,7 +37,7 @@ from jaxrec.data.examples import session_split
 from jaxrec.data.sessions import Sessions
 
 DATASETS = ("synthetic", "retailrocket", "yoochoose", "movielens_100k", "movielens_1m",
-            "recbole")
+            "recbole", "amazon_iisan", "microlens")
 SPLITS = ("train", "validation", "test")
 VERSION = "1.0.0"
 

@@ -65,7 +65,7 @@ def _raises(fn, *fragments, line=None):
 # ----------------------------------------------------------------------------- registry
 def test_registry_names_and_expected_files():
     names = {"retailrocket", "yoochoose", "movielens_100k", "movielens_1m", "recbole",
-             "amazon_iisan"}
+             "amazon_iisan", "microlens"}
     assert set(readers.READERS) == names
     assert set(readers.EXPECTED_FILES) == names
     assert readers.READERS["yoochoose"] is readers.read_yoochoose

@@ -11,6 +11,10 @@ One module per format; each cites the paper / code whose processing it reproduce
   leave-one-out papers (``specs/intent_pcrec.md`` §2.6).
 - ``recbole`` (``recbole``): ``<name>.inter`` (+ ``<name>.item``), RecBole atomic files, e.g.
   the ML-100K copy in the ``recbole`` wheel (``specs/ecosystem.md`` §9).
+- ``amazon_iisan`` (``amazon``): IISAN's Amazon 2018 TSVs (+ ``<asin>.jpg`` images);
+  ``microlens`` (``microlens``): MicroLens-100K pairs, English titles and covers. Both keep
+  each user's last 13 of >= 5 interactions and carry titles / images (``specs/iisan.md``
+  §1.13, §2.7; ``docs/datasets.md``).
 
 Every reader takes the raw directory first (``READERS[name](raw_dir, **options)``) and
 raises :class:`~jaxrec.data.events.DataFormatError` naming the file, the 1-based line and
@@ -25,12 +29,14 @@ from typing import Callable
 
 from jaxrec.data.events import DataFormatError, EventLog
 from jaxrec.data.readers.amazon import read_amazon_iisan
+from jaxrec.data.readers.microlens import read_microlens
 from jaxrec.data.readers.movielens import (ML100K_GENRES, read_movielens_1m,
                                            read_movielens_100k)
 from jaxrec.data.readers.recbole import read_recbole
 from jaxrec.data.readers.retailrocket import read_retailrocket
 from jaxrec.data.readers.yoochoose import read_yoochoose, sample_sessions
 from jaxrec.data.readers import amazon as _am
+from jaxrec.data.readers import microlens as _mlens
 from jaxrec.data.readers import movielens as _ml
 from jaxrec.data.readers import recbole as _rb
 from jaxrec.data.readers import retailrocket as _rr
@@ -51,6 +57,7 @@ READERS: dict[str, Callable[..., EventLog]] = {
     "movielens_1m": read_movielens_1m,
     "recbole": read_recbole,
     "amazon_iisan": read_amazon_iisan,
+    "microlens": read_microlens,
 }
 
 EXPECTED_FILES: dict[str, FileList] = {
@@ -60,6 +67,7 @@ EXPECTED_FILES: dict[str, FileList] = {
     "movielens_1m": FileList(_ml.ML1M_FILES),
     "recbole": FileList(_rb.FILES),
     "amazon_iisan": FileList(_am.FILES),
+    "microlens": FileList(_mlens.FILES),
 }
 
 
@@ -84,4 +92,5 @@ def read(name: str, raw_dir, /, **options) -> EventLog:
 
 __all__ = ["READERS", "EXPECTED_FILES", "FileList", "read", "check_options",
            "read_retailrocket", "read_yoochoose", "read_movielens_100k", "read_movielens_1m",
-           "read_recbole", "sample_sessions", "ML100K_GENRES", "DataFormatError"]
+           "read_recbole", "read_amazon_iisan", "read_microlens", "sample_sessions",
+           "ML100K_GENRES", "DataFormatError"]

@@ -8,10 +8,12 @@ Files (the release's ``Dataset/<name>/`` folder, GAIR-Lab/IISAN):
 * ``<category>_items.tsv`` — ``asin<TAB>title``;
 * optionally an image folder with ``<asin>.jpg`` per item (separate download in the release).
 
-The release's own preprocessing (``data_utils/preprocess.py``) keeps users with at least 5
-items and each user's last 13; both are done by the leave-one-out task builder
-(``config.data.loo_min_len`` / ``loo_keep_last``), so this reader keeps the sequences whole.
-Event timestamps are positions in the user's line (the files carry no times).
+The release's preprocessing (spec §1.13) is done here, before re-indexing: users with at
+least ``min_len`` (5) items, each user's last ``keep_last`` (13), and the items occurring in
+those windows re-indexed (sorted by asin) — so the catalogue is the paper's (Scientific:
+12,076 users, 20,314 items, 81,711 interactions). The leave-one-out task builder's
+``loo_min_len`` / ``loo_keep_last`` then find nothing left to drop. Event timestamps are
+positions in the user's line (the files carry no times).
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ from typing import Optional
 import numpy as np
 
 from jaxrec.data.events import DataFormatError, EventLog, ItemInfo, from_raw
+from jaxrec.data.readers import _content
 
 FILES = ("am_<category>_users*.tsv", "<category>_items.tsv")
+CATEGORIES = ("Industrial_and_Scientific", "Musical_Instruments", "Office_Products")
 
 
 def _one(raw_dir: str, pattern: str, what: str) -> str:
+    if not os.path.isdir(raw_dir):
+        raise DataFormatError(raw_dir, f"raw directory does not exist; expected a directory "
+                                       f"holding {', '.join(FILES)}")
     hits = sorted(glob.glob(os.path.join(raw_dir, pattern)))
     if not hits:
         raise DataFormatError(raw_dir, f"no {what} file matching {pattern!r}")
@@ -41,7 +48,7 @@ def _read_items(path: str) -> dict:
     titles = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
+            line = line.rstrip("\r\n")
             if not line:
                 continue
             asin, sep, title = line.partition("\t")
@@ -55,65 +62,52 @@ def _read_items(path: str) -> dict:
     return titles
 
 
-def _load_images(image_dir: str, asins, size: int) -> np.ndarray:
-    from PIL import Image
-    missing = [a for a in asins if not os.path.exists(os.path.join(image_dir, f"{a}.jpg"))]
-    if missing:
-        raise DataFormatError(image_dir, f"{len(missing)} item images missing, e.g. "
-                                         f"{', '.join(m + '.jpg' for m in missing[:5])}")
-    out = np.zeros((len(asins), size, size, 3), np.uint8)
-    for i, a in enumerate(asins):
-        path = os.path.join(image_dir, f"{a}.jpg")
-        try:
-            with Image.open(path) as im:
-                out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
-        except OSError as e:
-            raise DataFormatError(path, f"unreadable image: {e}") from e
-    return out
-
-
 def read_amazon_iisan(raw_dir, category: str = "Industrial_and_Scientific",
-                      image_dir: Optional[str] = None, image_size: int = 224) -> EventLog:
+                      image_dir: Optional[str] = None, image_size: int = 224,
+                      keep_last: int = _content.KEEP_LAST, min_len: int = _content.MIN_LEN,
+                      allow_missing_images: bool = False, image_workers: int = 8
+                      ) -> EventLog:
     """Reads one category of IISAN's Amazon release.
 
     Args:
       raw_dir: the folder with the users and items TSVs.
-      category: ``Industrial_and_Scientific`` | ``Musical_Instruments`` | ``Office_Products``.
-      image_dir: folder of ``<asin>.jpg`` (None: no images).
-      image_size: side the images are resized to (224 for ViT-B/16).
+      category: ``Industrial_and_Scientific`` | ``Musical_Instruments`` | ``Office_Products``
+        (the file-name stem; another stem is accepted for other categories).
+      image_dir: folder of ``<asin>.jpg`` (None / '': no images).
+      image_size: side S the images are resized to (224 for ViT-B/16).
+      keep_last: each user's last ``keep_last`` items are kept (spec: 13; 0 = all).
+      min_len: users with fewer items are dropped (spec: 5).
+      allow_missing_images: a missing ``<asin>.jpg`` gives a blank image (count logged)
+        instead of an error.
+      image_workers: image decoding threads.
     Returns:
-      EventLog named ``amazon_<category>``: one session per user, items re-indexed over the
-      items that occur in some sequence, timestamps = positions; ItemInfo with [N] titles and,
-      with ``image_dir``, ``extra['images']`` uint8 [N, S, S, 3].
+      EventLog named ``amazon_<category>``: one session per kept user, items re-indexed over
+      the items of the kept windows (sorted asins), timestamps = positions in the line;
+      ItemInfo with [N] titles and, with ``image_dir``, ``extra['images']`` uint8
+      [N, S, S, 3] and ``extra['has_image']`` int8 [N].
     Raises:
       DataFormatError: missing files, malformed lines (file and 1-based line), a sequence
-        item absent from the items file, missing or unreadable images (named).
+        item absent from the items file, no user left after the filter, missing or
+        unreadable images (named).
     """
     raw_dir = os.fspath(raw_dir)
     users_path = _one(raw_dir, f"am_{category}_users*.tsv", "users")
     titles = _read_items(_one(raw_dir, f"{category}_items.tsv", "items"))
-    sess, items, ts = [], [], []
-    with open(users_path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            user, sep, seq = line.partition("\t")
-            asins = seq.split()
-            if not sep or not user or not asins:
-                raise DataFormatError(users_path, "expected 'user<TAB>asin asin ...'", n)
-            unknown = [a for a in asins if a not in titles]
-            if unknown:
-                raise DataFormatError(users_path, f"items not in the items file: {unknown[:3]}", n)
-            sess += [user] * len(asins)
-            items += asins
-            ts += range(len(asins))
-    if not items:
-        raise DataFormatError(users_path, "no interactions")
-    uniques = np.unique(np.asarray(items))
+    users, items, pos = _content.read_sequence_lines(users_path, known=titles)
+    keep = _content.last_window(np.asarray(users), np.asarray(pos), keep_last, min_len)
+    if not keep.any():
+        raise DataFormatError(users_path, f"no user has at least min_len={min_len} items")
+    sess = np.asarray(users)[keep]
+    items = np.asarray(items)[keep]
+    ts = np.asarray(pos, np.int64)[keep]
+    uniques = np.unique(items)
     info = ItemInfo(titles=[titles[a] for a in uniques])
+    image_dir = _content.resolve_image_dir(image_dir)
     if image_dir is not None:
-        info.extra["images"] = _load_images(os.fspath(image_dir), list(uniques), int(image_size))
-    return from_raw(np.asarray(sess), np.asarray(items), np.asarray(ts, np.int64),
-                    np.zeros(len(items), np.int8), name=f"amazon_{category}", items=info,
-                    item_uniques=uniques)
+        images, has = _content.load_images(image_dir, list(uniques), int(image_size),
+                                           allow_missing=bool(allow_missing_images),
+                                           workers=image_workers)
+        info.extra["images"] = images
+        info.extra["has_image"] = has.astype(np.int8)
+    return from_raw(sess, items, ts, np.zeros(len(items), np.int8),
+                    name=f"amazon_{category}", items=info, item_uniques=uniques)
