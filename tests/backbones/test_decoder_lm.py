@@ -116,3 +116,25 @@ def test_item_texts():
     assert dlm.item_texts(ItemInfo(genres=[["x"]]), fields=("title",)) == ["item 0"]
     with pytest.raises(ValueError, match="unknown field"):
         dlm.item_text(items, 0, ("year",))
+
+
+def test_hugging_face_directory_loads_with_its_tokenizer(tmp_path):
+    """``checkpoint`` may name a Hugging Face Llama directory: weights through load_llama,
+    text through its own tokenizer (a word-level tokenizer.json written here)."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tests.backbones.test_llama import _hf_config, _write_checkpoint
+    words = ["<pad>", "<s>", "</s>", "<unk>", "toy", "story", "comedy", "genres:"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>",
+                                                eos_token="</s>", unk_token="<unk>")
+    hf_cfg = _hf_config("llama")
+    _write_checkpoint(transformers.FlaxLlamaForCausalLM(hf_cfg, seed=0), hf_cfg, tmp_path, seed=1)
+    fast.save_pretrained(str(tmp_path))
+    dec = dlm.get_decoder(dlm.default_section(checkpoint=str(tmp_path)), [])
+    assert dec.tokenizer.encode("toy story") == [4, 5]
+    assert dec.tokenizer.decode([4, 6, 2, 5]) == "toy comedy"        # stops at </s>
+    assert dec.info["special_ids"] == {"pad": 0, "bos": 1, "eos": 2}
+    logits = dec.model().apply({"params": dec.params}, jnp.array([[1, 4, 5]])).logits
+    assert logits.shape == (1, 3, hf_cfg.vocab_size)
