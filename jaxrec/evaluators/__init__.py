@@ -34,6 +34,7 @@ import ml_collections
 REGISTRY = {
     "ranking": "jaxrec.evaluators.ranking.RankingEvaluator",
     "coverage": "jaxrec.evaluators.coverage.CoverageEvaluator",
+    "genres": "jaxrec.evaluators.genres.GenreF1Evaluator",
 }
 
 

@@ -59,7 +59,7 @@ import importlib
 from types import ModuleType
 
 METHODS = ("supervised", "popularity", "sqn", "sac", "snqn", "sa2c", "prl", "smorl",
-           "reinforce", "latent_intent", "pcrec", "iisan", "gaze_reward")
+           "reinforce", "latent_intent", "pcrec", "iisan", "gaze_reward", "persoma")
 REQUIRED = ("init", "train_step", "predict")
 
 
