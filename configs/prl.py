@@ -41,6 +41,9 @@ def get_config(arg=None):
                                 raw_dir=a["raw_dir"] or None, protocol="session")
     c.data.kind = "prl"
     c.data.prl_max_length = 50       # sessions kept, and the rows of the step table
+    # 'short' = evaluate on held-out sessions of at most prl_max_length events (the reference);
+    # 'all' = every held-out session, the same queries as the other methods (step clipped).
+    c.data.prl_eval_sessions = "short"
     c.rl.prl_epsilon = 2.0           # inference prompt R̃ = ε (ε × mean R_t at the step)
     c.rl.prl_dropout = 0.3           # prompt tokens and attention weights
     c.rl.prl_heads = 1

@@ -24,7 +24,8 @@ Kinds registered here:
   events (rl.md §6): ``step``, ``state``, ``len_state``, ``action``, ``is_buy``,
   ``reward_to_go``, ``reward_to_go_norm``; extras ``reward_mean`` / ``reward_max`` [T_max]
   over all kept sessions (the reference's statistics). Evaluation: session protocol on the
-  held-out sessions of at most that length.
+  held-out sessions of at most that length (``config.data.prl_eval_sessions='short'``, the
+  reference) or on all of them (``'all'``, comparable with the other methods).
 - ``'sequence'``: per-user leave-one-out (iisan.md §1.13, intent_pcrec.md §2.6), left
   padding with 0 and items shifted by one. ``config.data.loo_train``: ``'windows'`` = one
   window of L positions per chunk with next-item ``targets [T, L]`` (dense ids, −1 = none;
@@ -55,6 +56,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from jaxrec import config_util
 from jaxrec.data import examples
 from jaxrec.data import prepare as prep
 from jaxrec.data.events import ItemInfo
@@ -275,7 +277,12 @@ def prl_task(dataset: prep.Dataset, config) -> TaskParts:
     train = examples.prl_trajectories(dataset.splits["train"], mean,
                                       int(config.data.state_len), pad_id=n,
                                       max_length=max_len, r_click=r_c, r_buy=r_b)
-    evals = [session_eval_set(dataset.splits[s].filter_lengths(1, max_len), config, n)
+    # The reference evaluates on the held-out sessions of at most max_len events too ('short');
+    # 'all' scores every held-out session (the step prompt is clipped to the table), so PRL's
+    # numbers share a query set with the other methods'.
+    scope = config_util.choice(config.data, "data.prl_eval_sessions", ("short", "all"), "short")
+    evals = [session_eval_set(dataset.splits[s].filter_lengths(1, max_len) if scope == "short"
+                              else dataset.splits[s], config, n)
              for s in ("validation", "test")]
     return TaskParts(train, *evals, extras={"reward_mean": mean, "reward_max": mx})
 

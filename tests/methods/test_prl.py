@@ -268,3 +268,22 @@ def test_unknown_choice_names_the_field_and_the_accepted_values():
     with pytest.raises(ValueError, match=r"config\.rl\.prl_weight must be one of "
                                          r".*reward.*got 'rewrd'"):
         prl.hyper(c)
+
+
+def test_eval_sessions_all_scores_every_held_out_session(tiny):
+    """'short' (the reference) keeps held-out sessions of at most prl_max_length events;
+    'all' keeps every one, so PRL is scored on the same queries as the replay methods."""
+    c = get_config("prl.py", "smoke")
+    c.data.prl_max_length = 4
+    short = build_task(c, tiny)
+    c.data.prl_eval_sessions = "all"
+    every = build_task(c, tiny)
+    replay = build_task(get_config("sqn.py", "smoke"), tiny)
+    lengths = tiny.splits["test"].lengths
+    assert short.test.size == int(lengths[lengths <= 4].sum()) < every.test.size
+    np.testing.assert_array_equal(every.test.arrays["target"], replay.test.arrays["target"])
+    # The training buffer is the same either way (only the evaluation scope changes).
+    np.testing.assert_array_equal(every.train["action"], short.train["action"])
+    c.data.prl_eval_sessions = "everything"
+    with pytest.raises(ValueError, match=r"config\.data\.prl_eval_sessions must be one of"):
+        build_task(c, tiny)
