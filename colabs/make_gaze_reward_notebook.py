@@ -3,15 +3,9 @@
     .venv/bin/python colabs/make_gaze_reward_notebook.py
 """
 
-import os
+from notebook import code, md, write
 
-import nbformat as nbf
-
-nb = nbf.v4.new_notebook()
-nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
-md = nbf.v4.new_markdown_cell
-code = nbf.v4.new_code_cell
-nb.cells = [
+CELLS = [
 md("""# GazeReward: reward models that read predicted eye movements
 
 This notebook uses only the `jaxrec` library. It follows Lopez-Cardona et al., "Seeing Eye to AI" (ICLR 2025): a reward model over a decoder LLM receives per-token eye-tracking features predicted from the text — either as an `<eye/> … </eye>` block of projected features before the text (**GazeConcat**) or added to the token embeddings (**GazeAdd**) — and is trained with the Bradley–Terry loss on preference pairs.
@@ -90,6 +84,4 @@ plt.tight_layout()
 plt.show()"""),
 md("""`benchmarks/gaze_rm.py` repeats this with three seeds; its table is in `results/gaze_rm.md`, with a reading of where the paper's direction does and does not show here."""),
 ]
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gaze_reward.ipynb")
-nbf.write(nb, out)
-print("wrote", out)
+write("gaze_reward", CELLS)

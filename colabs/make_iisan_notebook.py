@@ -3,10 +3,7 @@
     .venv/bin/python colabs/make_iisan_notebook.py
 """
 
-import os
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from notebook import code, md, write
 
 INTRO = """# IISAN: side networks over frozen towers, and what they save
 
@@ -141,16 +138,7 @@ ax.set_title("IISAN gates after training"); ax.legend(); plt.tight_layout(); plt
 
 
 def main():
-    nb = new_notebook(cells=[
-        new_markdown_cell(INTRO), new_code_cell(SETUP), new_markdown_cell(CACHE_MD),
-        new_code_cell(CACHE), new_markdown_cell(TRAIN_MD), new_code_cell(TRAIN),
-        new_markdown_cell(COST_MD), new_code_cell(COST), new_markdown_cell(GATES_MD),
-        new_code_cell(GATES)])
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python",
-                                 "name": "python3"}
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "iisan.ipynb")
-    nbformat.write(nb, path)
-    print(f"written to {path}")
+    write("iisan", [md(INTRO), code(SETUP), md(CACHE_MD), code(CACHE), md(TRAIN_MD), code(TRAIN), md(COST_MD), code(COST), md(GATES_MD), code(GATES)])
 
 
 if __name__ == "__main__":

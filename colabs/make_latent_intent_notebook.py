@@ -4,15 +4,9 @@ mode).
     .venv/bin/python colabs/make_latent_intent_notebook.py
 """
 
-import os
+from notebook import code, md, write
 
-import nbformat as nbf
-
-nb = nbf.v4.new_notebook()
-nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
-md = nbf.v4.new_markdown_cell
-code = nbf.v4.new_code_cell
-nb.cells = [
+CELLS = [
 md("""# Latent user intent on a REINFORCE recommender
 
 This notebook uses only the `jaxrec` library. It trains the top-K off-policy-corrected REINFORCE recommender (Chen et al., WSDM 2019) and the latent-intent model built on it (Chang et al., WWW '23 Companion: a conditional VAE over behaviour signals whose prior mean conditions the policy) on the embedded synthetic sessions, whose generator keeps the latent intent of every event (continue / explore / repeat / buy). It plots their validation curves, then the inferred intent vectors coloured by the true intent.
@@ -100,6 +94,4 @@ cols = [f"intent/{n}/{m}" for n in ("state", "prior_mean", "posterior_mean")
         for m in ("probe_auc", "nmi")]
 print(M.format_table({n: r["test"] for n, r in runs.items()}, columns=cols))"""),
 ]
-path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "latent_intent.ipynb")
-nbf.write(nb, path)
-print(f"written to {path}")
+write("latent_intent", CELLS)

@@ -3,10 +3,7 @@
     .venv/bin/python colabs/make_pcrec_notebook.py
 """
 
-import os
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from notebook import code, md, write
 
 INTRO = """# PCRec: two peers and the entropy of their layers
 
@@ -132,15 +129,7 @@ print(M.format_table(rows, columns=[f"all/{m}@{k}" for m in ("mrr", "hr", "ndcg"
 
 
 def main():
-    nb = new_notebook(cells=[
-        new_markdown_cell(INTRO), new_code_cell(SETUP), new_markdown_cell(TRAIN_MD),
-        new_code_cell(TRAIN), new_markdown_cell(PLOT_MD), new_code_cell(PLOT),
-        new_markdown_cell(COMPARE_MD), new_code_cell(COMPARE)])
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python",
-                                 "name": "python3"}
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pcrec.ipynb")
-    nbformat.write(nb, path)
-    print(f"written to {path}")
+    write("pcrec", [md(INTRO), code(SETUP), md(TRAIN_MD), code(TRAIN), md(PLOT_MD), code(PLOT), md(COMPARE_MD), code(COMPARE)])
 
 
 if __name__ == "__main__":
