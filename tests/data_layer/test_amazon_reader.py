@@ -31,37 +31,40 @@ def test_reads_sequences_titles_and_reindexes():
 
 
 def _write_category(d, category):
-    """A tiny release of ``category``: x has 15 items (its last 13 drop B2 and B3), y has 5,
-    z has 4 (dropped by min_len 5); B3 then occurs in no kept window."""
+    """A tiny release of ``category``: y has 5 items, x has 15 (its last 13 drop B2 and B3),
+    z has 4 (dropped by min_len 5); B3 then occurs in no kept window. Neither file is in
+    sorted order, as the release numbers items and users in file order."""
     d.mkdir(parents=True, exist_ok=True)
     (d / f"am_{category}_users.tsv").write_text(
-        "x\tB2 B3 C1 C2 C3 C1 C2 C3 C1 C2 C3 C1 C2 C3 C4\n"
         "y\tB1 C4 C4 C4 C1\n"
+        "x\tB2 B3 C1 C2 C3 C1 C2 C3 C1 C2 C3 C1 C2 C3 C4\n"
         "\n"
         "z\tB3 C1 C1 C1\n")
     (d / f"{category}_items.tsv").write_text(
-        "B1\tSolder wire\nB2\tOnly before the window\nB3\tOnly outside windows\n"
-        "C1\tLab goggles, anti-fog\nC2\tPipette tips\nC3\tNitrile gloves\nC4\tBeaker 250 ml\n")
+        "C4\tBeaker 250 ml\nB2\tOnly before the window\nB1\tSolder wire\n"
+        "C1\tLab goggles, anti-fog\nB3\tOnly outside windows\nC3\tNitrile gloves\n"
+        "C2\tPipette tips\n")
     return d
 
 
-# x's last 13 drop B2 and B3; z is dropped; the kept items B1 C1 C2 C3 C4 -> 0..4.
-X = [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 4]
-Y = [0, 4, 4, 4, 1]
+# The kept items in items-file order C4 B1 C1 C3 C2 -> 0..4; users y, x -> 0, 1.
+KEPT = ["C4", "B1", "C1", "C3", "C2"]
+Y = [1, 0, 0, 0, 2]
+X = [2, 4, 3, 2, 4, 3, 2, 4, 3, 2, 4, 3, 0]
 
 
 def test_last_13_of_at_least_5_before_reindexing(tmp_path):
     d = _write_category(tmp_path / "raw", "Office_Products")
     log = read("amazon_iisan", str(d), category="Office_Products")
-    assert log.raw_item_ids.tolist() == ["B1", "C1", "C2", "C3", "C4"]
-    assert log.raw_session_ids.tolist() == ["x", "y"]
-    assert log.item.tolist() == X + Y
-    np.testing.assert_array_equal(log.timestamp[:13], np.arange(2, 15))
-    assert log.items.titles == ["Solder wire", "Lab goggles, anti-fog", "Pipette tips",
-                                "Nitrile gloves", "Beaker 250 ml"]
+    assert log.raw_item_ids.tolist() == KEPT
+    assert log.raw_session_ids.tolist() == ["y", "x"]
+    assert log.item.tolist() == Y + X
+    np.testing.assert_array_equal(log.timestamp[5:], np.arange(2, 15))
+    assert log.items.titles == ["Beaker 250 ml", "Solder wire", "Lab goggles, anti-fog",
+                                "Nitrile gloves", "Pipette tips"]
     log = read("amazon_iisan", str(d), category="Office_Products", keep_last=14, min_len=4)
-    assert log.raw_item_ids.tolist() == ["B1", "B3", "C1", "C2", "C3", "C4"]
-    assert log.raw_session_ids.tolist() == ["x", "y", "z"] and log.num_events == 14 + 5 + 4
+    assert log.raw_item_ids.tolist() == ["C4", "B1", "C1", "B3", "C3", "C2"]
+    assert log.raw_session_ids.tolist() == ["y", "x", "z"] and log.num_events == 5 + 14 + 4
 
 
 def _images(folder, names, size=(20, 10)):
@@ -122,17 +125,20 @@ def test_malformed_input_names_file_and_line(tmp_path):
                                       "Office_Products"])
 def test_each_subset_survives_preparation(category, tmp_path):
     d = _write_category(tmp_path / "raw", category)
-    _images(tmp_path / "img", ["B1", "C1", "C2", "C3", "C4"], size=(12, 6))
+    _images(tmp_path / "img", KEPT, size=(12, 6))
     opts = dict(category=category, image_dir=str(tmp_path / "img"), image_size=6)
     ref = read("amazon_iisan", str(d), **opts)
     ds = prep.load("amazon_iisan", raw_dir=str(d), data_dir=str(tmp_path / "data"), **opts)
-    assert ds.num_items == 5 and ds.raw_item_ids.tolist() == ["B1", "C1", "C2", "C3", "C4"]
+    assert ds.num_items == 5 and ds.raw_item_ids.tolist() == KEPT
     assert ds.items.titles == ref.items.titles
     np.testing.assert_array_equal(ds.items.extra["images"], ref.items.extra["images"])
     assert ds.items.extra["images"].dtype == np.uint8
     users = ds.all_sessions()
-    assert users.raw_session_ids.tolist() == ["x", "y"]
-    assert users.items.tolist() == X + Y
+    assert users.raw_session_ids.tolist() == ["y", "x"]
+    assert users.items.tolist() == Y + X
+    # Item i's image is colour i of _images (JPEG: within 3 of it).
+    want = np.asarray([(40 * i, 0, 255 - 40 * i) for i in range(5)])
+    assert np.abs(ds.items.extra["images"].astype(int) - want[:, None, None, :]).max() <= 3
 
 
 def test_interrupted_preparation_leaves_no_complete_dataset(tmp_path, monkeypatch):
@@ -156,4 +162,4 @@ def test_interrupted_preparation_leaves_no_complete_dataset(tmp_path, monkeypatc
         prep.load("amazon_iisan", raw_dir=str(d), data_dir=data, prepare_if_missing=False)
     monkeypatch.setattr(prep, "_session_example", real)
     ds = prep.load("amazon_iisan", raw_dir=str(d), data_dir=data)
-    assert ds.all_sessions().items.tolist() == X + Y
+    assert ds.all_sessions().items.tolist() == Y + X

@@ -105,6 +105,20 @@ def last_window(users: np.ndarray, order: np.ndarray, keep_last: Optional[int],
     return out
 
 
+def first_appearance_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label-encodes in order of first appearance (the release's user numbering).
+
+    Args:
+      values: [E] raw ids.
+    Returns:
+      (names [K] in first-appearance order, codes [E] int64 with ``names[codes] == values``).
+    """
+    uniques, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    rank = np.empty(len(uniques), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(uniques))
+    return uniques[np.argsort(first, kind="stable")], rank[inverse.reshape(-1)]
+
+
 def resolve_image_dir(image_dir, default: Optional[str] = None) -> Optional[str]:
     """``image_dir`` option -> a folder or None.
 

@@ -8,16 +8,18 @@ Files (the release's ``Dataset/<name>/`` folder, GAIR-Lab/IISAN):
 * ``<category>_items.tsv`` — ``asin<TAB>title``;
 * optionally an image folder with ``<asin>.jpg`` per item (separate download in the release).
 
-The release's preprocessing (spec §1.13) is done here, before re-indexing: users with at
-least ``min_len`` (5) items, each user's last ``keep_last`` (13), and the items occurring in
-those windows re-indexed (sorted by asin) — so the catalogue is the paper's (Scientific:
-12,076 users, 20,314 items, 81,711 interactions). The leave-one-out task builder's
-``loo_min_len`` / ``loo_keep_last`` then find nothing left to drop. Event timestamps are
-positions in the user's line (the files carry no times).
+The release's preprocessing (``data_utils/preprocess.py: read_behaviors``; spec §1.13) is
+done here, before re-indexing: users with at least ``min_len`` (5) items, each user's last
+``keep_last`` (13), and the items occurring in those windows re-indexed **in the items
+file's order** and users numbered in the users file's order, as the release does (the
+catalogue is the paper's: Scientific 12,076 users, 20,314 items, 81,711 interactions). The
+leave-one-out task builder's ``loo_min_len`` / ``loo_keep_last`` then find nothing left to
+drop. Event timestamps are positions in the user's line (the files carry no times).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from typing import Optional
@@ -81,8 +83,9 @@ def read_amazon_iisan(raw_dir, category: str = "Industrial_and_Scientific",
         instead of an error.
       image_workers: image decoding threads.
     Returns:
-      EventLog named ``amazon_<category>``: one session per kept user, items re-indexed over
-      the items of the kept windows (sorted asins), timestamps = positions in the line;
+      EventLog named ``amazon_<category>``: one session per kept user (in file order), items
+      re-indexed over the items of the kept windows (in items-file order), timestamps =
+      positions in the line;
       ItemInfo with [N] titles and, with ``image_dir``, ``extra['images']`` uint8
       [N, S, S, 3] and ``extra['has_image']`` int8 [N].
     Raises:
@@ -97,17 +100,23 @@ def read_amazon_iisan(raw_dir, category: str = "Industrial_and_Scientific",
     keep = _content.last_window(np.asarray(users), np.asarray(pos), keep_last, min_len)
     if not keep.any():
         raise DataFormatError(users_path, f"no user has at least min_len={min_len} items")
-    sess = np.asarray(users)[keep]
-    items = np.asarray(items)[keep]
+    # Dense ids in file order (the release's numbering): encode by position in the items
+    # file and by first appearance in the users file, then put the raw names back.
+    asins = np.asarray(list(titles))
+    where = {a: i for i, a in enumerate(asins)}
+    item_pos = np.asarray([where[a] for a in items], np.int64)[keep]
+    user_names, user_pos = _content.first_appearance_codes(np.asarray(users)[keep])
     ts = np.asarray(pos, np.int64)[keep]
-    uniques = np.unique(items)
-    info = ItemInfo(titles=[titles[a] for a in uniques])
+    uniques = np.unique(item_pos)
+    info = ItemInfo(titles=[titles[a] for a in asins[uniques]])
     image_dir = _content.resolve_image_dir(image_dir)
     if image_dir is not None:
-        images, has = _content.load_images(image_dir, list(uniques), int(image_size),
+        images, has = _content.load_images(image_dir, list(asins[uniques]), int(image_size),
                                            allow_missing=bool(allow_missing_images),
                                            workers=image_workers)
         info.extra["images"] = images
         info.extra["has_image"] = has.astype(np.int8)
-    return from_raw(sess, items, ts, np.zeros(len(items), np.int8),
-                    name=f"amazon_{category}", items=info, item_uniques=uniques)
+    log = from_raw(user_pos, item_pos, ts, np.zeros(len(ts), np.int8),
+                   name=f"amazon_{category}", items=info, item_uniques=uniques)
+    return dataclasses.replace(log, raw_item_ids=asins[log.raw_item_ids],
+                               raw_session_ids=user_names[log.raw_session_ids])
