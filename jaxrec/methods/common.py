@@ -21,6 +21,8 @@ from jaxrec.encoders import make_encoder
 
 # config.model keys that configure the heads, not the encoder.
 HEAD_KEYS = ("encoder", "tie_head", "head_bias")
+# How the heads use LEA's precomputed LLM-environment state (``config.lea.state``).
+LE_STATES = ("none", "concat", "replace")
 
 
 def encoder_config(config) -> dict:
@@ -49,6 +51,9 @@ class RecNet(nn.Module):
         (``[N, D]``, pad excluded) instead of its own dense layer — the output layer of
         SASRec-style libraries (e.g. RecBole). Needs ``state_dim == embed_dim``.
       head_bias: with ``tie_head``, add a learned per-item bias (off in RecBole).
+      le_state: LEA's plug point 1 (rl.md §8, [inferred]): ``'none'`` (the heads read the
+        encoder state), ``'concat'`` (they read ``[h ; s^e]``, the encoder state and the
+        precomputed LLM-environment state) or ``'replace'`` (they read ``s^e`` alone).
     """
 
     num_items: int
@@ -57,6 +62,7 @@ class RecNet(nn.Module):
     heads: tuple = ("s",)
     tie_head: bool = False
     head_bias: bool = False
+    le_state: str = "none"
 
     def setup(self):
         self.encoder = make_encoder(self.encoder_name, dict(self.encoder_items),
@@ -80,9 +86,16 @@ class RecNet(nn.Module):
             return scores + self.tied_bias if self.head_bias else scores
         return self.head_layers[name](h)
 
-    def __call__(self, items, lengths, train: bool = False) -> dict:
-        """items [B, L] int32, lengths [B] -> {head: [B, N]}."""
+    def __call__(self, items, lengths, train: bool = False, le=None) -> dict:
+        """items [B, L] int32, lengths [B] -> {head: [B, N]}; ``le`` [B, De] is the LLM
+        environment's state of the same rows, read when ``le_state`` is not 'none'."""
         h = self.encoder(items, lengths, train=train)
+        if self.le_state != "none":
+            if le is None:
+                raise ValueError(f"config.lea.state={self.le_state!r} needs the LE state "
+                                 f"'le_state' in every batch (data kind 'lea')")
+            le = jnp.asarray(le, h.dtype)
+            h = jnp.concatenate([h, le], -1) if self.le_state == "concat" else le
         return {name: self._head(name, h) for name in self.heads}
 
     def per_position(self, items, lengths, head: str = "s", train: bool = False):
@@ -94,10 +107,15 @@ class RecNet(nn.Module):
 def make_net(config, num_items: int, heads=("s",)) -> RecNet:
     """The RecNet of ``config.model`` over ``num_items`` items (the task's N)."""
     m = config.model
+    lea = config.get("lea") or {}
+    le_state = str(lea.get("state", "none"))
+    if le_state not in LE_STATES:
+        raise ValueError(f"config.lea.state must be one of {', '.join(LE_STATES)}, "
+                         f"got {le_state!r}")
     return RecNet(num_items=int(num_items), encoder_name=m.encoder,
                   encoder_items=tuple(sorted(encoder_config(config).items())),
                   heads=tuple(heads), tie_head=bool(m.get("tie_head", False)),
-                  head_bias=bool(m.get("head_bias", False)))
+                  head_bias=bool(m.get("head_bias", False)), le_state=le_state)
 
 
 def make_optimizer(optim, params=None) -> optax.GradientTransformation:

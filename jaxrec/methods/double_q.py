@@ -71,9 +71,9 @@ def init_state(rng, task, config, heads: tuple, hp: Any, extra: Any = None) -> S
     net = common.make_net(config, task.num_items, heads=heads)
     k1, k2 = jax.random.split(rng)
     ex = task.example_batch()
-    s, l = ex["state"], ex["len_state"]
-    p1 = net.init({"params": k1, "dropout": k1}, s, l, train=False)
-    p2 = net.init({"params": k2, "dropout": k2}, s, l, train=False)
+    s, l, le = ex["state"], ex["len_state"], ex.get("le_state")
+    p1 = net.init({"params": k1, "dropout": k1}, s, l, train=False, le=le)
+    p2 = net.init({"params": k2, "dropout": k2}, s, l, train=False, le=le)
     tx = common.make_optimizer(config.optim, p1)
     return State(step=jnp.zeros((), jnp.int32), params=common.stack_trees(p1, p2),
                  opt=common.stack_trees(tx.init(p1), tx.init(p2)),
@@ -159,15 +159,16 @@ def sample_negatives(rng, positives, num_items: int, k: int):
     return (draw + (draw >= positives[:, None])).astype(jnp.int32)
 
 
-def apply_pair_on(net, main, target, items, lengths, keys, head: str | None = "q"):
+def apply_pair_on(net, main, target, items, lengths, keys, head: str | None = "q", le=None):
     """Both networks on the same input in one ``vmap`` pass (dropout on, as the
     reference's target passes): returns (main's [B, N], target's [B, N]) of ``head``, or
     with ``head=None`` every head as ({head: [B, N]}, {head: [B, N]}) (SMORL's three Q
-    heads in one pass); gradients flow into ``main`` only."""
+    heads in one pass); gradients flow into ``main`` only. ``le`` [B, De]: LEA's
+    environment state of the same rows (read only when ``net.le_state`` != 'none')."""
     pair = common.stack_trees(main, jax.lax.stop_gradient(target))
 
     def one(p, k):
-        out = net.apply(p, items, lengths, train=True, rngs={"dropout": k})
+        out = net.apply(p, items, lengths, train=True, rngs={"dropout": k}, le=le)
         return out if head is None else out[head]
 
     out = jax.vmap(one)(pair, keys)
@@ -223,7 +224,8 @@ def negative_td(main, target, state: State, batch, q_main_s, rng):
     actions = batch["action"]
     negatives = sample_negatives(k_neg, actions, q_main_s.shape[-1], hp.num_negatives)
     q_sel_cur, q_tgt_cur = apply_pair_on(state.net, main, target, batch["state"],
-                                         batch["len_state"], jnp.stack([k_sel, k_tgt]))
+                                         batch["len_state"], jnp.stack([k_sel, k_tgt]),
+                                         le=batch.get("le_state"))
     r = jnp.full(actions.shape, hp.r_negative, jnp.float32)
     y = double_q_target(q_tgt_cur, q_sel_cur, r, jnp.zeros(actions.shape, bool), hp.gamma)
     q_neg = jnp.take_along_axis(q_main_s, negatives, axis=1)
@@ -303,5 +305,5 @@ def two_phase_step(state: State, batch: dict, rng: jax.Array, switch_step: int,
 def predict_head(state: State, batch, head: str):
     """Scores [B, N] of network 1 (dropout off) from ``head``."""
     out = state.net.apply(common.tree_index(state.params, 0), batch["state"],
-                          batch["len_state"], train=False)
+                          batch["len_state"], train=False, le=batch.get("le_state"))
     return out[head]

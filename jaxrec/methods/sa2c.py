@@ -31,6 +31,9 @@ Adam, lr ``rl.lr2`` (0.001), from fresh moments; its stacked state is
 
 Recommendations come from network 1's φ_s (``config.rl.rank_head`` switches to Q). The
 script's off-policy-corrected NDCG@10 (hits weighted by 1/pop) is an evaluator's job.
+
+LEA's plug points (``config.lea``) come through :func:`sqn.td_and_ce`; the augmented
+positives' CE keeps its own weights in both phases (it is not advantage-weighted).
 """
 
 from __future__ import annotations
@@ -123,6 +126,8 @@ def loss_fn(main, target, state: State, batch, rng, pop=None):
     second = dq.second_phase(state, hp.phase1_steps)
     weighted_ce, _ = common.cross_entropy(out["s"], actions,
                                           weights=jnp.where(second, adv * ips, 1.0))
+    if hp.aug:          # LEA's augmented positives: their own weights, not the advantage
+        weighted_ce = weighted_ce + metrics["aug_ce"]
     loss = jnp.where(second, hp.q_weight, 1.0) * (td + td_neg).mean() + weighted_ce
     return loss, {"loss": loss, "neg_td_loss": td_neg.mean(), "advantage": adv.mean(),
                   "ips": ips.mean(), "weighted_ce": weighted_ce, **metrics}
