@@ -121,12 +121,14 @@ def test_malformed_input_names_file_and_line(tmp_path):
              image_dir=str(tmp_path / "nowhere"))
 
 
-@pytest.mark.parametrize("category", ["Industrial_and_Scientific", "Musical_Instruments",
-                                      "Office_Products"])
-def test_each_subset_survives_preparation(category, tmp_path):
+@pytest.mark.parametrize("category,folder", [("Industrial_and_Scientific", "am_image_is"),
+                                             ("Musical_Instruments", "am_image_mi"),
+                                             ("Office_Products", "am_image_op")])
+def test_each_subset_survives_preparation(category, folder, tmp_path):
     d = _write_category(tmp_path / "raw", category)
-    _images(tmp_path / "img", KEPT, size=(12, 6))
-    opts = dict(category=category, image_dir=str(tmp_path / "img"), image_size=6)
+    # The release's image folder inside raw_dir is found by the default image_dir='auto'.
+    _images(d / folder, KEPT, size=(12, 6))
+    opts = dict(category=category, image_size=6)
     ref = read("amazon_iisan", str(d), **opts)
     ds = prep.load("amazon_iisan", raw_dir=str(d), data_dir=str(tmp_path / "data"), **opts)
     assert ds.num_items == 5 and ds.raw_item_ids.tolist() == KEPT

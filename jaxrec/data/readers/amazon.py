@@ -6,7 +6,9 @@ Files (the release's ``Dataset/<name>/`` folder, GAIR-Lab/IISAN):
 * ``am_<category>_users*.tsv`` — one user per line: ``user_id<TAB>asin asin ...`` in
   chronological order (the whole Scientific set; 10K-user samples for the others);
 * ``<category>_items.tsv`` — ``asin<TAB>title``;
-* optionally an image folder with ``<asin>.jpg`` per item (separate download in the release).
+* optionally an image folder with ``<asin>.jpg`` per item (separate download in the release;
+  its ``Dataset/build_lmdb.py`` reads them from ``am_image_is`` / ``am_image_mi`` /
+  ``am_image_op``, the initials of the category, which ``image_dir='auto'`` looks for).
 
 The release's preprocessing (``data_utils/preprocess.py: read_behaviors``; spec §1.13) is
 done here, before re-indexing: users with at least ``min_len`` (5) items, each user's last
@@ -64,8 +66,15 @@ def _read_items(path: str) -> dict:
     return titles
 
 
+def image_folder_name(category: str) -> str:
+    """The release's image folder of a category: ``am_image_`` + the initials of its first
+    and last words (``Industrial_and_Scientific`` -> ``am_image_is``)."""
+    words = category.split("_")
+    return f"am_image_{words[0][0].lower()}{words[-1][0].lower()}"
+
+
 def read_amazon_iisan(raw_dir, category: str = "Industrial_and_Scientific",
-                      image_dir: Optional[str] = None, image_size: int = 224,
+                      image_dir: Optional[str] = "auto", image_size: int = 224,
                       keep_last: int = _content.KEEP_LAST, min_len: int = _content.MIN_LEN,
                       allow_missing_images: bool = False, image_workers: int = 8
                       ) -> EventLog:
@@ -75,7 +84,8 @@ def read_amazon_iisan(raw_dir, category: str = "Industrial_and_Scientific",
       raw_dir: the folder with the users and items TSVs.
       category: ``Industrial_and_Scientific`` | ``Musical_Instruments`` | ``Office_Products``
         (the file-name stem; another stem is accepted for other categories).
-      image_dir: folder of ``<asin>.jpg`` (None / '': no images).
+      image_dir: folder of ``<asin>.jpg``; ``auto``: ``<raw_dir>/am_image_<xx>`` (see
+        :func:`image_folder_name`) if it exists, else no images (logged); None / '': none.
       image_size: side S the images are resized to (224 for ViT-B/16).
       keep_last: each user's last ``keep_last`` items are kept (spec: 13; 0 = all).
       min_len: users with fewer items are dropped (spec: 5).
@@ -109,7 +119,8 @@ def read_amazon_iisan(raw_dir, category: str = "Industrial_and_Scientific",
     ts = np.asarray(pos, np.int64)[keep]
     uniques = np.unique(item_pos)
     info = ItemInfo(titles=[titles[a] for a in asins[uniques]])
-    image_dir = _content.resolve_image_dir(image_dir)
+    image_dir = _content.resolve_image_dir(
+        image_dir, os.path.join(raw_dir, image_folder_name(category)))
     if image_dir is not None:
         images, has = _content.load_images(image_dir, list(asins[uniques]), int(image_size),
                                            allow_missing=bool(allow_missing_images),
