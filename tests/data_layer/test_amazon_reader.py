@@ -165,3 +165,52 @@ def test_interrupted_preparation_leaves_no_complete_dataset(tmp_path, monkeypatc
     monkeypatch.setattr(prep, "_session_example", real)
     ds = prep.load("amazon_iisan", raw_dir=str(d), data_dir=data)
     assert ds.all_sessions().items.tolist() == Y + X
+
+
+def test_items_file_and_image_urls_from_the_2018_metadata(tmp_path):
+    """The Office items file is missing from the release: build it from the metadata."""
+    import gzip
+    import json
+    import subprocess
+    import sys
+
+    from jaxrec.data.readers import amazon_meta
+    d = _write_category(tmp_path / "raw", "Office_Products")
+    os.remove(d / "Office_Products_items.tsv")
+    recs = [{"asin": "Z9", "title": "not in the users file"},
+            {"asin": "C4", "title": "Beaker\t250 ml", "imageURLHighRes": ["http://x/c4.jpg"]},
+            {"asin": "B2", "title": "Only before\nthe window", "imageURL": ["http://x/b2s.jpg"]},
+            {"asin": "B1", "title": "Solder wire", "imageURLHighRes": [], "imageURL": []},
+            {"asin": "C4", "title": "a repeated asin keeps the first"},
+            {"asin": "C1", "title": "Lab goggles, anti-fog", "imageURLHighRes": ["http://x/c1.jpg"]},
+            {"asin": "B3", "title": "Only outside windows"},
+            {"asin": "C3", "title": "Nitrile gloves"}, {"asin": "C2", "title": "Pipette tips"}]
+    meta = tmp_path / "meta_Office_Products.json.gz"
+    with gzip.open(meta, "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in recs) + "\n")
+    out = amazon_meta.build(str(meta), str(d / "am_Office_Products_users.tsv"),
+                            "Office_Products")
+    assert out["num_items"] == 7 and out["without_image"] == 4
+    assert (d / "Office_Products_items.tsv").read_text().splitlines() == [
+        "C4\tBeaker 250 ml", "B2\tOnly before the window", "B1\tSolder wire",
+        "C1\tLab goggles, anti-fog", "B3\tOnly outside windows", "C3\tNitrile gloves",
+        "C2\tPipette tips"]
+    assert (d / "am_image_op.urls.tsv").read_text().splitlines() == [
+        "C4\thttp://x/c4.jpg", "B2\thttp://x/b2s.jpg", "C1\thttp://x/c1.jpg"]
+    # Same file order as _write_category's items file: the reader numbers items the same.
+    log = read("amazon_iisan", str(d), category="Office_Products")
+    assert log.raw_item_ids.tolist() == KEPT and log.item.tolist() == Y + X
+
+    with gzip.open(meta, "wt") as f:
+        f.write(json.dumps(recs[1]) + "\n{'asin': 'C1', 'title': 'python literal ok'}\n"
+                "[1, 2]\n")
+    with pytest.raises(DataFormatError, match=r"meta_Office_Products.json.gz:3: expected a "
+                                              r"JSON object with an 'asin' field"):
+        amazon_meta.build(str(meta), str(d / "am_Office_Products_users.tsv"), "Office_Products")
+    with gzip.open(meta, "wt") as f:
+        f.write(json.dumps(recs[1]) + "\n")
+    r = subprocess.run([sys.executable, "-m", "jaxrec.data.readers.amazon_meta",
+                        f"--meta={meta}", f"--users={d / 'am_Office_Products_users.tsv'}",
+                        "--category=Office_Products"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "error:" in r.stderr and "6 item(s) of" in r.stderr and "B1, B2, B3, C1, C2" in r.stderr
