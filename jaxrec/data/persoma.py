@@ -288,10 +288,12 @@ def _arrays(sessions, examples, config, dec, texts, names, rng) -> dict:
     return out
 
 
-def corpus(texts: Sequence[str]) -> list:
-    """The decoder's pretraining corpus: the item texts plus the prompt templates (so the prompt,
-    the separator and the rating words are in the tokenizer's vocabulary)."""
-    return list(texts) + [f"{PROMPT} {SEP} " + " ".join(f"rated {r}" for r in range(1, 6))]
+def corpus(texts: Sequence[str], genre_names: Sequence[str]) -> list:
+    """The decoder's pretraining corpus: the item texts plus templates, so that the prompt, the
+    separator, the rating words and every genre both before a comma and last in a list are in
+    the tokenizer's vocabulary (a target must never contain ``<unk>``)."""
+    return list(texts) + [f"{PROMPT} {SEP} " + " ".join(f"rated {r}" for r in range(1, 6)),
+                          f"{PROMPT} " + ", ".join(genre_names), " ".join(genre_names)]
 
 
 @tasks.register("persoma")
@@ -303,7 +305,7 @@ def persoma_task(dataset, config) -> tasks.TaskParts:
     n_items = dataset.num_items
     texts = decoder_lm.item_texts(dataset.items, n_items)
     item_genres = _multi_hot(dataset.items, names, n_items)
-    dec = decoder_lm.get_decoder(config.decoder, corpus(texts))
+    dec = decoder_lm.get_decoder(config.decoder, corpus(texts, names))
     emb = item_embeddings(texts, str(d.encoder), dim=int(d.hash_dim), max_len=int(d.encoder_max_len),
                           cache_dir=str(d.get("emb_cache_dir", "")))
     rng = np.random.default_rng(int(d.data_seed))
