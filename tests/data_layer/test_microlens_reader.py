@@ -229,6 +229,10 @@ def test_iisan_config_selects_microlens_and_the_split_is_leave_one_out(covers_di
     assert c.dataset.name == "microlens" and c.dataset.options.image_size == 16
     c.dataset.data_dir = str(tmp_path)
     task = tasks.build_task(c)
+    # The copy training prepared is the one `jaxrec.data.stats --dataset=microlens
+    # --raw_dir=... --option=image_size=16` names (docs/datasets.md relies on it).
+    assert prep.is_prepared("microlens", data_dir=str(tmp_path), image_size=16,
+                            raw_source=os.path.realpath(covers_dir))
     assert task.num_items == 5 and task.items.extra["images"].shape == (5, 16, 16, 3)
     assert task.items.titles == TITLES_KEPT
     # Leave-one-out (spec §1.13): test target seq[-1], validation target seq[-2]; inputs are
@@ -242,5 +246,10 @@ def test_iisan_config_selects_microlens_and_the_split_is_leave_one_out(covers_di
     # amazon_* names pick the amazon_iisan reader's category.
     a = config_util.load_config_file(os.path.join(ROOT, "configs", "iisan.py"),
                                      "dataset=amazon_office,raw_dir=/x,towers=base")
-    assert (a.dataset.name, a.dataset.options.category, a.dataset.options.image_size) == (
-        "amazon_iisan", "Office_Products", 224)
+    assert dict(a.dataset.options) == {"category": "Office_Products", "image_size": 224}
+    assert a.dataset.name == "amazon_iisan" and a.dataset.raw_dir == "/x"
+    a = config_util.load_config_file(os.path.join(ROOT, "configs", "iisan.py"),
+                                     "dataset=amazon_office,raw_dir=/x,image_dir=/i,"
+                                     "allow_missing_images")
+    assert dict(a.dataset.options) == {"category": "Office_Products", "image_size": 16,
+                                       "image_dir": "/i", "allow_missing_images": 1}
