@@ -412,6 +412,40 @@ def _read_all(source, chunk: int = 8192) -> list:
     return out
 
 
+def _read_items(source, chunk: int = 2048) -> tuple[ItemInfo, np.ndarray]:
+    """The items dataset as :class:`ItemInfo` and ``[N]`` raw ids, in item-id order.
+
+    Records are read a chunk at a time and written straight into preallocated columns, so
+    array fields (e.g. ``[N, S, S, 3]`` uint8 covers of a MicroLens- or Amazon-sized
+    catalogue) are held once, not once as records and again when stacked.
+    """
+    n = len(source)
+    cols: dict = {}
+    for a in range(0, n, chunk):
+        for r in source.__getitems__(list(range(a, min(n, a + chunk)))):
+            i = int(r["item"])
+            if not 0 <= i < n:
+                raise ValueError(f"items dataset: item id {i} outside [0, {n}) (a damaged "
+                                 f"prepared copy; delete it and prepare again)")
+            for k, v in r.items():
+                if k == "item":
+                    continue
+                if k not in cols:
+                    text = isinstance(v, (bytes, str)) or k == "genres"
+                    cols[k] = [None] * n if text else np.zeros((n, *np.shape(v)), np.asarray(v).dtype)
+                col = cols[k]
+                col[i] = v if isinstance(col, list) else np.asarray(v)
+    titles = [_s(t) for t in cols.get("title", [])]
+    genres = [[_s(g) for g in gs] for gs in cols.get("genres", [])]
+    cats = np.asarray(cols.get("category", np.zeros(0)), np.int64)
+    extra = {k: (np.asarray([_s(x) for x in v]) if isinstance(v, list) else v)
+             for k, v in cols.items() if k not in ("raw_id", "title", "genres", "category")}
+    items = ItemInfo(titles=titles if any(titles) else None,
+                     genres=genres if any(genres) else None,
+                     category=cats if (cats >= 0).any() else None, extra=extra)
+    return items, np.asarray([_s(x) for x in cols.get("raw_id", [])])
+
+
 def load(name: str, /, raw_dir: Optional[str] = None, data_dir: Optional[str] = None,
          prepare_if_missing: bool = True, **options) -> Dataset:
     """Loads a prepared dataset into memory, preparing it first if needed.
@@ -436,18 +470,6 @@ def load(name: str, /, raw_dir: Optional[str] = None, data_dir: Optional[str] = 
         for s in splits.values():
             s.rating = None
     _, isrc = _read_source(idir)
-    irecs = sorted(_read_all(isrc["items"]), key=lambda r: int(r["item"]))
-    extra_keys = [k for k in (irecs[0] if irecs else {})
-                  if k not in ("item", "raw_id", "title", "genres", "category")]
-    titles = [_s(r["title"]) for r in irecs]
-    genres = [[_s(g) for g in r["genres"]] for r in irecs]
-    cats = np.asarray([int(r["category"]) for r in irecs], np.int64)
-    items = ItemInfo(
-        titles=titles if any(titles) else None,
-        genres=genres if any(genres) else None,
-        category=cats if (cats >= 0).any() else None,
-        extra={k: (np.asarray([_s(r[k]) for r in irecs])
-                   if isinstance(irecs[0][k], (bytes, str))
-                   else np.stack([np.asarray(r[k]) for r in irecs])) for k in extra_keys})
+    items, raw_ids = _read_items(isrc["items"])
     return Dataset(name=name, num_items=int(meta["num_items"]), splits=splits, items=items,
-                   raw_item_ids=np.asarray([_s(r["raw_id"]) for r in irecs]), meta=meta)
+                   raw_item_ids=raw_ids, meta=meta)
