@@ -22,6 +22,9 @@ Evaluation queries get ``le_state [Q, Ds]`` (the state model on their window): w
 plug point does need the LE's state model to serve (its output can be cached per prefix);
 the reward and augmentation plug points do not.
 
+``task.extras['lea']`` holds the environment's training losses and, on the validation
+queries, its own quality (:func:`diagnostics`).
+
 Everything is deterministic for ``lea.seed`` (the LE's training and the precomputation are
 seeded; no sampling happens here), and cached under ``lea.cache_dir`` keyed by the
 environment, the arrays and the settings, so every variant of a table reuses one run.
@@ -144,6 +147,33 @@ def augment(env: lea.Environment, train: dict, config, progress: bool = True) ->
             "aug_weights": weights.astype(np.float32)}
 
 
+def diagnostics(env: lea.Environment, evalset: tasks.EvalSet, le_state: np.ndarray, batch: int,
+                seed: int, k: int = 10) -> dict:
+    """How good the environment is on held-out queries (for reading a table, not training):
+
+    * ``state_hr@k``: share of queries whose target is among the state model's top k of
+      s^e · A^T (its own next-item ranking, no exclusions);
+    * ``reward_acc``: share of queries where r(s, target) > r(s, a⁻), a⁻ drawn uniformly
+      among the items that are neither the target nor in the state window (seeded).
+    """
+    n = env.model.num_items
+    target, state = evalset.arrays["target"], evalset.arrays["state"]
+    actions = np.asarray(env.model.apply({"params": env.params["state"]}, method=lea.LEModel.actions))
+    none = np.zeros((batch, n), bool)
+    top = _batched(lambda sv: _top_k(sv, actions, none[:len(sv)], k), (le_state,), batch)
+    rng = np.random.default_rng(seed)
+    neg = rng.integers(0, n, len(target))
+    for _ in range(100):
+        bad = (neg == target) | (neg[:, None] == state).any(1)
+        if not bad.any():
+            break
+        neg[bad] = rng.integers(0, n, int(bad.sum()))
+    r_pos = reward_scores(env, state, target, batch)
+    r_neg = reward_scores(env, state, neg, batch)
+    return {f"state_hr@{k}": float((top == target[:, None]).any(1).mean()),
+            "reward_acc": float((r_pos > r_neg).mean())}
+
+
 def _key(env: lea.Environment, parts: tasks.TaskParts, config) -> str:
     h = hashlib.sha256()
     h.update(os.path.basename(str(env.info.get("source", ""))).encode())
@@ -173,6 +203,10 @@ def lea_task(dataset, config) -> tasks.TaskParts:
         bs = int(config.lea.eval_batch)
         arrays["val_le_state"] = state_vectors(env, parts.validation.arrays["state"], bs)
         arrays["test_le_state"] = state_vectors(env, parts.test.arrays["state"], bs)
+    if not any(k.startswith("diag/") for k in arrays):
+        diag = diagnostics(env, parts.validation, arrays["val_le_state"], int(config.lea.eval_batch),
+                           int(config.lea.seed))
+        arrays.update({f"diag/{k}": np.float64(v) for k, v in diag.items()})
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".incomplete.npz"
         np.savez(tmp, **arrays)
@@ -181,5 +215,6 @@ def lea_task(dataset, config) -> tasks.TaskParts:
     parts.train.update({k: arrays[k] for k in TRAIN_KEYS})
     parts.validation.arrays["le_state"] = arrays["val_le_state"]
     parts.test.arrays["le_state"] = arrays["test_le_state"]
-    parts.extras["lea"] = {k: v for k, v in env.info.items()}
+    parts.extras["lea"] = {**env.info, **{k[5:]: float(v) for k, v in arrays.items()
+                                          if k.startswith("diag/")}}
     return parts

@@ -138,6 +138,10 @@ def test_augmentation_is_deterministic_for_a_seed_and_cached(tiny, tmp_path):
     # s′ of a row is s of the session's next row.
     nxt = ~a.train["is_done"][:-1]
     np.testing.assert_array_equal(a.train["le_next_state"][:-1][nxt], a.train["le_state"][1:][nxt])
+    # The environment's own quality on validation queries is reported with the task.
+    info = a.extras["lea"]
+    assert 0 <= info["state_hr@10"] <= 1 and 0 <= info["reward_acc"] <= 1
+    assert info["state_hr@10"] == b.extras["lea"]["state_hr@10"]
     # Cached: a rebuild reads the files (no new environment or augmentation written).
     files = sorted(os.listdir(tmp_path / "a"))
     c = tasks.build_task(_lea_config(tmp_path / "a"), tiny)
