@@ -46,7 +46,8 @@ flags.DEFINE_list("resamplers", ["mlp", "transformer", "perceiver"], "PERSOMA re
 flags.DEFINE_list("samplings", ["recent", "random"], "First-stage sampling strategies.")
 flags.DEFINE_list("ns", ["10", "50", "200"], "History lengths n.")
 flags.DEFINE_list("regimes", ["frozen", "lora", "full"], "Training regimes of the PERSOMA rows.")
-flags.DEFINE_list("baselines", ["text", "uem"], "Baselines (text: lora + full; uem: frozen).")
+flags.DEFINE_list("baselines", ["text", "uem"], "Baselines (text: --text_regimes; uem: the first regime).")
+flags.DEFINE_list("text_regimes", ["lora", "full"], "Regimes of the text-prompting rows (frozen trains nothing).")
 flags.DEFINE_list("all_regimes_for", ["recent"], "Samplings whose rows run every regime; the other "
                   "samplings run the first regime only (text prompting: its first trainable one), "
                   "to keep the grid within its CPU budget.")
@@ -124,7 +125,7 @@ def plan() -> list:
     out = []
     for s in FLAGS.samplings:
         regimes = list(FLAGS.regimes) if s in FLAGS.all_regimes_for else list(FLAGS.regimes[:1])
-        text_regimes = [r for r in FLAGS.regimes if r != "frozen"]
+        text_regimes = list(FLAGS.text_regimes)
         if s not in FLAGS.all_regimes_for:
             text_regimes = text_regimes[:1]
         for n in (int(x) for x in FLAGS.ns):

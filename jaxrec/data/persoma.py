@@ -189,7 +189,7 @@ def _minilm_embed(texts: Sequence[str], max_len: int, batch_size: int = 128) -> 
     model = BertEncoder(cfg)
 
     @jax.jit
-    def embed(ids, mask):
+    def embed(params, ids, mask):     # weights as an argument: closed over, XLA constant-folds them slowly
         h = model.apply({"params": params}, ids, mask).last_hidden_state.astype(jnp.float32)
         m = mask[..., None].astype(jnp.float32)
         e = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
@@ -203,7 +203,7 @@ def _minilm_embed(texts: Sequence[str], max_len: int, batch_size: int = 128) -> 
         pad = batch_size - len(bi)
         if pad:      # one compiled shape
             bi, bm = np.concatenate([bi, np.repeat(bi[:1], pad, 0)]), np.concatenate([bm, np.repeat(bm[:1], pad, 0)])
-        out.append(np.asarray(embed(bi, bm))[:batch_size - pad])
+        out.append(np.asarray(embed(params, bi, bm))[:batch_size - pad])
     return np.concatenate(out).astype(np.float32)
 
 

@@ -44,8 +44,10 @@ import jax.numpy as jnp
 import optax
 
 from jaxrec.backbones import generation
+from jaxrec.backbones.decoder_lm import merge_params
 from jaxrec.backbones.llama import LlamaConfig, LlamaModel
 from jaxrec.data import persoma as _persoma_data  # noqa: F401  (registers data kind 'persoma')
+from jaxrec.data.preferences import EOS
 from jaxrec.peft import freeze
 from jaxrec.peft.resamplers import RESAMPLERS, make_resampler
 from jaxrec.peft.soft_prompt import concat_blocks, left_align
@@ -195,7 +197,6 @@ def init(rng, task, config) -> State:
 
 
 def _pretrained_decoder(template: dict, task) -> dict:
-    from jaxrec.backbones.decoder_lm import merge_params
     return merge_params(template, task.extras["decoder"].params)
 
 
@@ -244,13 +245,8 @@ def predict(state: State, batch, consts) -> Array:
     x, m = model.apply(variables, *_inputs(batch, consts), method=PersomaModel.prefix)
     x, m = left_align(x, m)
     gen = generation.make_generate(LlamaModel(model.config), int(batch["target_ids"].shape[1]),
-                                   eos_id=_eos())
+                                   eos_id=int(EOS))
     return gen({"params": variables["params"]["decoder"]}, x, m, jax.random.key(0))
-
-
-def _eos() -> int:
-    from jaxrec.data.preferences import EOS
-    return int(EOS)
 
 
 def input_tokens(task, config, split: str = "test") -> float:

@@ -149,3 +149,19 @@ def test_parse_genres():
     assert parse_genres("genres: Action, comedy ,  foo, action", names) == {0, 2}
     assert parse_genres("childrens; SCI-FI", names) == {1, 3}
     assert parse_genres("nothing here", names) == set()
+
+
+def test_item_embeddings_minilm_and_cache(tmp_path):
+    texts = ["Star Wars | genres: action, sci-fi", "Star Trek | genres: action, sci-fi",
+             "Sense and Sensibility | genres: drama, romance"]
+    e = pdata.item_embeddings(texts, "minilm", cache_dir=str(tmp_path))
+    assert e.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    cos = e @ e.T
+    assert cos[0, 1] > cos[0, 2] + 0.1          # the real sentence encoder: similar titles are close
+    assert len(list(tmp_path.iterdir())) == 1
+    np.testing.assert_array_equal(pdata.item_embeddings(texts, "minilm", cache_dir=str(tmp_path)), e)
+    h = pdata.item_embeddings(texts, "hash", dim=16, cache_dir=str(tmp_path))
+    assert h.shape == (3, 16) and len(list(tmp_path.iterdir())) == 2
+    with pytest.raises(ValueError, match="encoder must be"):
+        pdata.item_embeddings(texts, "st5", cache_dir=str(tmp_path))
