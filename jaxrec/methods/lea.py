@@ -75,7 +75,9 @@ def default_section(**overrides) -> ml_collections.ConfigDict:
       rewards: 'fixed' (r_click / r_buy) | 'reward_model'.
       aug: add the augmented positives' CE and Q terms; aug_k of them per state, weighted by
         aug_weight × their per-action weights; aug_q: their Q target, 'reward' (y = r),
-        'logged_next' (y = r + γ·V(s′) of the logged next state) or 'none'.
+        'logged_next' (y = r + γ·V(s′) of the logged next state) or 'none'; aug_advantage:
+        in SA2C's phase 2, weight each augmented CE by that action's own advantage (as the
+        logged one's); off: by its fixed weight only.
     Augmentation (:mod:`jaxrec.data.lea`):
       aug_weighting: per-action weights 'reward' (σ of the reward-model score) | 'uniform' (1).
       aug_exclude_history: never propose an item already in the state window.
@@ -95,7 +97,7 @@ def default_section(**overrides) -> ml_collections.ConfigDict:
     """
     s = ml_collections.ConfigDict(dict(
         state="none", rewards="fixed", aug=False, aug_k=2, aug_weight=0.2, aug_q="reward",
-        aug_weighting="reward", aug_exclude_history=True, reward_transform="sigmoid",
+        aug_advantage=True, aug_weighting="reward", aug_exclude_history=True, reward_transform="sigmoid",
         reward_mix=1.0,
         template="{item} is {text}", text_fields=("title", "genres"), item_max_len=32,
         lora_rank=4, lora_alpha=8.0, train_fraction=0.1, state_dim=0, temperature=1.0,

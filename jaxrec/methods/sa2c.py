@@ -32,8 +32,10 @@ Adam, lr ``rl.lr2`` (0.001), from fresh moments; its stacked state is
 Recommendations come from network 1's φ_s (``config.rl.rank_head`` switches to Q). The
 script's off-policy-corrected NDCG@10 (hits weighted by 1/pop) is an evaluator's job.
 
-LEA's plug points (``config.lea``) come through :func:`sqn.td_and_ce`; the augmented
-positives' CE keeps its own weights in both phases (it is not advantage-weighted).
+LEA's plug points (``config.lea``) come through :func:`sqn.td_and_ce`; in phase 2 each
+augmented positive's CE is weighted by its own advantage A_j = Q(s, a_j) − (Q(s, a⁺) +
+Σ Q(s, a⁻)) / (1 + k), clipped as A (``lea.aug_advantage``, default on [inferred]: the
+actor treats logged and proposed positives alike), or keeps its fixed weight (off).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Hyper(sqn.Hyper, dq.NegativeHyper):
     phase1_steps: int = 15000
     advantage_clip: float = 0.0
     ips_smooth: float = 0.0
+    aug_advantage: bool = True       # LEA: advantage-weight the augmented CE in phase 2
 
 
 def hyper(config) -> Hyper:
@@ -69,7 +72,8 @@ def hyper(config) -> Hyper:
     return Hyper(**dataclasses.asdict(sqn.hyper(config)), **dq.negative_hyper(config),
                  phase1_steps=int(rl.phase1_steps),
                  advantage_clip=float(rl.get("advantage_clip", 0.0)),
-                 ips_smooth=float(rl.get("ips_smooth", 0.0)))
+                 ips_smooth=float(rl.get("ips_smooth", 0.0)),
+                 aug_advantage=bool((config.get("lea") or {}).get("aug_advantage", True)))
 
 
 def init(rng, task, config) -> State:
@@ -126,8 +130,19 @@ def loss_fn(main, target, state: State, batch, rng, pop=None):
     second = dq.second_phase(state, hp.phase1_steps)
     weighted_ce, _ = common.cross_entropy(out["s"], actions,
                                           weights=jnp.where(second, adv * ips, 1.0))
-    if hp.aug:          # LEA's augmented positives: their own weights, not the advantage
-        weighted_ce = weighted_ce + metrics["aug_ce"]
+    if hp.aug:
+        # LEA's augmented positives: in phase 2 the actor weights each by its own advantage
+        # over the same sampled actions (``lea.aug_advantage``), else by its weight alone.
+        aug_ce = metrics["aug_ce"]
+        if hp.aug_advantage:
+            q_aug = jax.lax.stop_gradient(jnp.take_along_axis(
+                out["q"], jnp.asarray(batch["aug_actions"], jnp.int32), axis=1))
+            base = (q_pos + jax.lax.stop_gradient(q_neg).sum(-1)) / (1 + q_neg.shape[-1])
+            adv_aug = q_aug - base[:, None]
+            adv_aug = jnp.clip(adv_aug, hp.advantage_clip, 10.0) if hp.advantage_clip >= 0 else adv_aug
+            aug_ce = jnp.where(second, sqn.augmented_ce(out["s"], batch, hp, adv_aug), aug_ce)
+            metrics = {**metrics, "aug_advantage": adv_aug.mean()}
+        weighted_ce = weighted_ce + aug_ce
     loss = jnp.where(second, hp.q_weight, 1.0) * (td + td_neg).mean() + weighted_ce
     return loss, {"loss": loss, "neg_td_loss": td_neg.mean(), "advantage": adv.mean(),
                   "ips": ips.mean(), "weighted_ce": weighted_ce, **metrics}

@@ -129,8 +129,7 @@ def augmented_terms(out, batch, hp: Hyper, next_value):
     """
     a = jnp.asarray(batch["aug_actions"], jnp.int32)
     w = hp.aug_weight * jnp.asarray(batch["aug_weights"], jnp.float32)
-    logp = jax.nn.log_softmax(out["s"], axis=-1)
-    ce = -(w * jnp.take_along_axis(logp, a, axis=1)).sum(-1).mean()
+    ce = augmented_ce(out["s"], batch, hp)
     if hp.aug_q == "none":
         return jnp.zeros(a.shape[:1], jnp.float32), ce
     if hp.rewards == "reward_model":
@@ -140,6 +139,18 @@ def augmented_terms(out, batch, hp: Hyper, next_value):
     y = r + (next_value[:, None] if hp.aug_q == "logged_next" else 0.0)
     q = jnp.take_along_axis(out["q"], a, axis=1)
     return (w * 0.5 * jnp.square(jax.lax.stop_gradient(y) - q)).sum(-1), ce
+
+
+def augmented_ce(logits, batch, hp: Hyper, extra=None):
+    """mean_B Σ_j w_j · e_j · CE(logits, a_j) over the augmented actions ``batch['aug_actions']``
+    [B, K], w_j = ``hp.aug_weight`` · ``batch['aug_weights']``; ``extra`` [B, K] (default 1)
+    is a further per-action weight (SA2C's advantages). logits [B, N] -> []."""
+    a = jnp.asarray(batch["aug_actions"], jnp.int32)
+    w = hp.aug_weight * jnp.asarray(batch["aug_weights"], jnp.float32)
+    if extra is not None:
+        w = w * extra
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -(w * jnp.take_along_axis(logp, a, axis=1)).sum(-1).mean()
 
 
 def loss_fn(main, target, state: State, batch, rng):

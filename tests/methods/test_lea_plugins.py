@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxrec.data.tasks import build_task
-from jaxrec.methods import common, sa2c, sqn
+from jaxrec.methods import common, double_q, sa2c, sqn
 from jaxrec.methods import lea as lea_lib
 from jaxrec.train.data import BatchSource
 
@@ -208,15 +208,32 @@ def test_state_switch_needs_the_arrays_and_names_bad_values(setup):
         sqn.hyper(_config("sqn", rewards="model"))
 
 
-def test_sa2c_phase2_adds_aug_ce_unweighted_by_the_advantage(setup):
+@pytest.mark.parametrize("aug_advantage", [True, False])
+def test_sa2c_phase2_augmented_ce_weights(setup, aug_advantage):
+    """Phase 2: each augmented CE is weighted by its own advantage over the step's sampled
+    negatives (aug_advantage) or by its fixed weight only; nothing else moves."""
     task, batch = setup
-    c0, c1 = _config("sa2c"), _config("sa2c", aug=True)
+    c0, c1 = _config("sa2c"), _config("sa2c", aug=True, aug_advantage=aug_advantage)
     s0 = _init(sa2c, c0, task, batch)
     s0 = s0.replace(step=s0.step + 5)                     # phase 2 (smoke T = 1)
     s1 = s0.replace(hp=sa2c.hyper(c1))
     main, tgt = _members(s0)
-    l0, m0 = sa2c.loss_fn(main, tgt, s0, batch, jax.random.key(3))
-    l1, m1 = sa2c.loss_fn(main, tgt, s1, batch, jax.random.key(3))
+    key = jax.random.key(3)
+    l0, m0 = sa2c.loss_fn(main, tgt, s0, batch, key)
+    l1, m1 = sa2c.loss_fn(main, tgt, s1, batch, key)
     assert float(m1["advantage"]) == float(m0["advantage"])
-    assert float(m1["weighted_ce"]) - float(m0["weighted_ce"]) == pytest.approx(float(m1["aug_ce"]), rel=1e-4)
-    assert float(l1) - float(l0) == pytest.approx(float(m1["aug_ce"]) + float(m1["aug_td"]), rel=1e-4)
+    # The step's negatives, drawn as sa2c.loss_fn / double_q.negative_td draw them.
+    k_neg = jax.random.split(jax.random.split(key)[1], 3)[0]
+    negs = np.asarray(double_q.sample_negatives(k_neg, batch["action"], task.num_items, 10))
+    out = {h: np.asarray(v, np.float64) for h, v in s0.net.apply(main, batch["state"], batch["len_state"]).items()}
+    rows, a = np.arange(8), batch["aug_actions"]
+    q = out["q"]
+    base = (q[rows, batch["action"]] + q[rows[:, None], negs].sum(1)) / 11
+    adv = np.clip(q[rows[:, None], a] - base[:, None], 0.0, 10.0) if aug_advantage else 1.0
+    if aug_advantage:                     # some weights are neither 0 (clipped) nor 1
+        assert np.any((adv > 0) & (np.abs(adv - 1) > 1e-3))
+    s = out["s"] - out["s"].max(1, keepdims=True)
+    logp = s - np.log(np.exp(s).sum(1, keepdims=True))
+    want = -(0.2 * batch["aug_weights"] * adv * np.take_along_axis(logp, a, 1)).sum(1).mean()
+    assert float(m1["weighted_ce"]) - float(m0["weighted_ce"]) == pytest.approx(want, rel=1e-4, abs=1e-7)
+    assert float(l1) - float(l0) == pytest.approx(want + float(m1["aug_td"]), rel=1e-4, abs=1e-7)
