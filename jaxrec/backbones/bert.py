@@ -73,6 +73,8 @@ class BertConfig(EncoderConfigChecks):
       lora_rank, lora_alpha, lora_targets: LoRA on the projections named in ``lora_targets``.
       lora_dropout: dropout on the LoRA branch input.
       adapter_size: Houlsby bottleneck width (0 = no adapters); adapter_activation "relu"/"gelu".
+      remat: recompute each block's activations in the backward pass (``nn.remat`` per
+        layer) instead of keeping them: less training memory for one more forward.
     """
 
     vocab_size: int = 30522
@@ -96,6 +98,7 @@ class BertConfig(EncoderConfigChecks):
     lora_dropout: float = 0.0
     adapter_size: int = 0
     adapter_activation: str = "relu"
+    remat: bool = False
 
     def __post_init__(self):
         self.check_common()
@@ -253,8 +256,10 @@ class BertEncoder(nn.Module):
 
         x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
         hidden_states = [x]
+        # static_argnums counts self: (self, x, mask, deterministic).
+        layer = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer
         for i in range(cfg.num_layers):
-            x = BertLayer(cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
+            x = layer(cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
             hidden_states.append(x)
         pooled = None
         if cfg.use_pooler:

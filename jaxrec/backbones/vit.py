@@ -73,6 +73,7 @@ class ViTConfig(EncoderConfigChecks):
       dtype: computation dtype ("float32" or "bfloat16"); parameters always stay float32.
       lora_rank, lora_alpha, lora_targets, lora_dropout, adapter_size, adapter_activation:
         shared PEFT fields, as in :class:`jaxrec.backbones.bert.BertConfig`.
+      remat: recompute each block's activations in the backward pass (as in ``BertConfig``).
     """
 
     image_size: int = 224
@@ -94,6 +95,7 @@ class ViTConfig(EncoderConfigChecks):
     lora_dropout: float = 0.0
     adapter_size: int = 0
     adapter_activation: str = "relu"
+    remat: bool = False
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -249,8 +251,9 @@ class ViTEncoder(nn.Module):
             raise ValueError(f"pixel_values must be float (normalised), got dtype {pixel_values.dtype}")
         x = ViTEmbeddings(cfg, name="embeddings")(pixel_values, deterministic)
         hidden_states = [x]
+        layer = nn.remat(ViTLayer, static_argnums=(2,)) if cfg.remat else ViTLayer  # (self, x, det)
         for i in range(cfg.num_layers):
-            x = ViTLayer(cfg, name=f"layer_{i}")(x, deterministic)
+            x = layer(cfg, name=f"layer_{i}")(x, deterministic)
             hidden_states.append(x)
         last = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dt, name="final_norm")(x)
         return ViTOutput(last_hidden_state=last, hidden_states=tuple(hidden_states))

@@ -54,6 +54,7 @@ import numpy as np
 import optax
 from flax import struct, traverse_util
 
+from jaxrec import config_util
 from jaxrec.backbones import bert as bert_lib
 from jaxrec.backbones import llama as llama_lib
 from jaxrec.backbones import vit as vit_lib
@@ -342,10 +343,13 @@ def build_spec(config, num_items: int) -> Spec:
     if variant not in VARIANT_NAMES:
         raise ValueError(f"config.iisan.variant={variant!r}; accepted: {', '.join(VARIANT_NAMES)}")
     cached = bool(c.cached) and variant == "iisan"
-    tcfg, icfg = text_config(c.text), image_config(c.image)
+    modality = str(c.modality)
+    tcfg = text_config(c.text)
+    # Text only (no item images, e.g. ML-100K): no image tower at all, and the item tower
+    # is the text side network alone (the inter-modal path needs a second modality).
+    icfg = None if modality == "text" else image_config(c.image)
     t_taps = _taps_of(c.text, tcfg.num_layers)
     i_taps = _taps_of(c.image, icfg.num_layers) if icfg is not None else ()
-    modality = str(c.modality)
     if icfg is None:
         modality = "text"
     side = None
@@ -357,7 +361,8 @@ def build_spec(config, num_items: int) -> Spec:
                           text_bottleneck=int(c.bottleneck), image_bottleneck=int(c.get("image_bottleneck", 0) or c.bottleneck),
                           inter_bottleneck=int(c.bottleneck), embed_dim=int(c.embed_dim),
                           activation=str(c.activation), temperature=float(c.temperature),
-                          modality=modality, heads=heads, dtype=str(c.dtype))
+                          modality=modality, heads=heads, dtype=str(c.dtype),
+                          head_init=str(c.get("head_init", "iisan")))
     if variant != "iisan":
         peft = {"adapter": dict(adapter_size=int(c.bottleneck)),
                 "lora": dict(lora_rank=int(c.lora_rank), lora_alpha=float(c.lora_alpha))}.get(variant, {})
@@ -367,6 +372,7 @@ def build_spec(config, num_items: int) -> Spec:
                 icfg = dataclasses.replace(icfg, **peft)
     if isinstance(tcfg, llama_lib.LlamaConfig) and variant == "lora":
         tcfg = dataclasses.replace(tcfg, lora_targets=("q_proj", "v_proj"))
+    tcfg, icfg = _tower_memory_options(c, tcfg, icfg)
     net = IISANNet(variant=variant, live_towers=not cached, text_cfg=tcfg, image_cfg=icfg,
                    text_taps=t_taps, image_taps=i_taps, text_pool=str(c.text.get("pool", "cls")),
                    side_cfg=side, user_cfg=user_config(config), num_items=int(num_items),
@@ -382,6 +388,37 @@ def build_spec(config, num_items: int) -> Spec:
                 history_mask=bool(c.history_mask), cache_dir=str(c.get("cache_dir", "") or ""),
                 cache_dtype=str(c.get("cache_dtype", "bfloat16")),
                 cache_batch=int(c.get("cache_batch", 128)), eval_chunk=int(c.get("eval_chunk", 256)))
+
+
+def _tower_memory_options(c, tcfg, icfg):
+    """``config.iisan.tower_dtype`` / ``tower_remat`` applied to the live towers' configs.
+
+    Why: the baselines (FFT, Adapter, LoRA, BitFit) backpropagate through every tower block,
+    so a float32 step keeps every block's activations (the bulk of their memory at 352 items x
+    197 image tokens). The paper trains under fp16 autocast; ``tower_dtype='bfloat16'`` is
+    the JAX analogue (bf16 activations and matmuls, float32 parameters and optimizer state),
+    and ``tower_remat`` recomputes each block in the backward pass instead of keeping it.
+    IISAN's towers need no backward pass (``stop_gradient``), so only ``tower_dtype`` matters
+    there (uncached: the towers' forward; cached: the one pass that builds the cache).
+    """
+    dtype = config_util.choice(c, "iisan.tower_dtype", ("float32", "bfloat16"), "float32")
+    remat = bool(c.get("tower_remat", False))
+    out = []
+    for cfg in (tcfg, icfg):
+        if cfg is None:
+            out.append(None)
+            continue
+        fields = {}
+        if dtype != "float32":
+            # BERT / ViT configs take the name; the Llama config a jnp dtype.
+            fields["dtype"] = dtype if isinstance(cfg.dtype, str) else jnp.dtype(dtype)
+        if remat:
+            if "remat" not in _field_names(cfg):
+                raise ValueError(f"config.iisan.tower_remat: the {type(cfg).__name__} tower has "
+                                 f"no per-block rematerialisation")
+            fields["remat"] = True
+        out.append(dataclasses.replace(cfg, **fields))
+    return tuple(out)
 
 
 def example_content(spec: Spec, n: int, abstract: bool = False) -> dict:

@@ -52,6 +52,36 @@ Array = Any
 
 MODALITIES = ("all", "intra", "inter", "text")
 HEAD_STYLES = ("iisan", "versa")
+# Initialisation of the heads, wide projections and fusion (spec §1.7 fixes only the image
+# head: Xavier-normal, bias 0; the rest is not pinned down [inferred]):
+#   "iisan"  — Xavier-normal on the d-wide heads (and Versa's d-wide projections), flax's
+#              default (LeCun-normal) on the D-wide projections and the fusion, biases 0;
+#   "xavier" — Xavier-normal on every one of them, biases 0;
+#   "torch"  — PyTorch's nn.Linear default everywhere (what an un-reinitialised layer of the
+#              released code holds): kernel and bias U(+-1/sqrt(fan_in)).
+HEAD_INITS = ("iisan", "xavier", "torch")
+
+
+def _torch_linear_init(fan_in: int):
+    """PyTorch ``nn.Linear.reset_parameters``: kaiming_uniform(a=sqrt(5)) on the weight, i.e.
+    U(+-1/sqrt(fan_in)) (variance 1/(3 fan_in)), and U(+-1/sqrt(fan_in)) on the bias."""
+    bound = 1.0 / math.sqrt(fan_in)
+    uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    return uniform, uniform
+
+
+def head_dense(init: str, features: int, fan_in: int, dtype: Any, name: str, xavier: bool) -> nn.Dense:
+    """A head / projection / fusion ``nn.Dense`` under the ``init`` style of :data:`HEAD_INITS`.
+
+    ``xavier`` says whether the ``"iisan"`` style uses Xavier-normal for this layer (the
+    d-wide heads) or keeps flax's default (the D-wide projections and the fusion).
+    """
+    if init == "torch":
+        kernel, bias = _torch_linear_init(fan_in)
+        return nn.Dense(features, dtype=dtype, kernel_init=kernel, bias_init=bias, name=name)
+    if init == "xavier" or (init == "iisan" and xavier):
+        return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.xavier_normal(), name=name)
+    return nn.Dense(features, dtype=dtype, name=name)
 
 # The released scripts' block lists (0-based block numbers; spec §2.4). The hidden-state
 # index is block + 1, and hidden state 0 (the embedding output) is always tapped in front.
@@ -141,6 +171,7 @@ class SideConfig:
         "text" (the text side network alone, d -> d: items without images, e.g. ML-100K).
       heads: "iisan" (Lin(D->D) -> Lin(D->d) per branch, spec §1.7) or "versa" (spec §2.6).
       dtype: computation dtype of the side network (parameters stay float32).
+      head_init: initialisation of the heads, projections and fusion (:data:`HEAD_INITS`).
     """
 
     text_taps: int = 7
@@ -156,12 +187,15 @@ class SideConfig:
     modality: str = "all"
     heads: str = "iisan"
     dtype: str = "float32"
+    head_init: str = "iisan"
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
             raise ValueError(f"SideConfig.modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.heads not in HEAD_STYLES:
             raise ValueError(f"SideConfig.heads must be one of {HEAD_STYLES}, got {self.heads!r}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"SideConfig.head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         for name in ("text_taps", "image_taps", "text_dim", "image_dim", "text_bottleneck",
                      "image_bottleneck", "inter_bottleneck", "embed_dim"):
             if int(getattr(self, name)) <= 0:
@@ -266,38 +300,39 @@ class IISANItemTower(nn.Module):
             if taps.ndim != 3 or taps.shape[1:] != (k, d):
                 raise ValueError(f"IISANItemTower: {name} must be [N, {k}, {d}], got {taps.shape}")
         # Xavier-normal for the d-wide heads (the ViT classifier replacement, spec §1.7);
-        # the wide projections keep the default [inferred].
-        head = lambda n, name: nn.Dense(n, dtype=dt, kernel_init=nn.initializers.xavier_normal(),
-                                        name=name)
-        wide = lambda n, name: nn.Dense(n, dtype=dt, name=name)
+        # the wide projections keep the default [inferred] (cfg.head_init: other choices).
+        # Dense infers its input width; fan_in is only read by the 'torch' style.
+        head = lambda n, name, fan_in: head_dense(cfg.head_init, n, fan_in, dt, name, True)
+        wide = lambda n, name, fan_in: head_dense(cfg.head_init, n, fan_in, dt, name, False)
         e = cfg.embed_dim
         parts = []
         if cfg.modality == "text":
             s_txt = IntraSideNetwork(cfg.text_taps, cfg.text_bottleneck, cfg.activation,
                                      cfg.temperature, dt, name="text_side")(text_taps)
-            proj = wide(cfg.text_dim, "text_proj") if cfg.heads == "iisan" else head(e, "text_proj")
-            parts.append(head(e, "text_head")(proj(s_txt)))
+            proj = (wide(cfg.text_dim, "text_proj", cfg.text_dim) if cfg.heads == "iisan"
+                    else head(e, "text_proj", cfg.text_dim))
+            parts.append(head(e, "text_head", proj.features)(proj(s_txt)))
         if cfg.modality in ("all", "intra"):
             s_img = IntraSideNetwork(cfg.image_taps, cfg.image_bottleneck, cfg.activation,
                                      cfg.temperature, dt, name="image_side")(image_taps)
             s_txt = IntraSideNetwork(cfg.text_taps, cfg.text_bottleneck, cfg.activation,
                                      cfg.temperature, dt, name="text_side")(text_taps)
             if cfg.heads == "iisan":
-                e_img = head(e, "image_head")(wide(cfg.image_dim, "image_proj")(s_img))
-                e_txt = head(e, "text_head")(wide(cfg.text_dim, "text_proj")(s_txt))
+                e_img = head(e, "image_head", cfg.image_dim)(wide(cfg.image_dim, "image_proj", cfg.image_dim)(s_img))
+                e_txt = head(e, "text_head", cfg.text_dim)(wide(cfg.text_dim, "text_proj", cfg.text_dim)(s_txt))
             else:
-                e_img = head(e, "image_head")(head(e, "image_proj")(s_img))
-                e_txt = head(e, "text_head")(head(e, "text_proj")(s_txt))
+                e_img = head(e, "image_head", e)(head(e, "image_proj", cfg.image_dim)(s_img))
+                e_txt = head(e, "text_head", e)(head(e, "text_proj", cfg.text_dim)(s_txt))
             parts += [e_img, e_txt]
         if cfg.modality in ("all", "inter"):
             n = cfg.inter_taps
             m = InterSideNetwork(n, cfg.inter_bottleneck, cfg.activation, cfg.temperature, dt,
                                  name="inter_side")(text_taps[:, -n:], image_taps[:, -n:])
-            e_mm = head(e, "inter_head")(wide(cfg.inter_dim, "inter_proj")(m))
+            e_mm = head(e, "inter_head", cfg.inter_dim)(wide(cfg.inter_dim, "inter_proj", cfg.inter_dim)(m))
             parts.append(e_mm)
         # concat[image, text, inter] -> Linear(192 -> d), no activation (spec §1.7).
         fused = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
-        return nn.Dense(e, dtype=dt, name="fusion")(fused).astype(jnp.float32)
+        return wide(e, "fusion", fused.shape[-1])(fused).astype(jnp.float32)
 
 
 class BackboneHeadTower(nn.Module):
