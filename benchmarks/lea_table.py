@@ -39,6 +39,26 @@ flags.DEFINE_integer("phase1_steps", 0, "SA2C's phase-1 steps (0: the config's d
 flags.DEFINE_integer("seed", 0, "Seed of every run (the recommender's; the LE keeps lea.seed).")
 flags.DEFINE_string("workdir", None, "Where runs go (default: a fresh temp directory).")
 flags.DEFINE_string("out", None, "Also write the table as Markdown to this file.")
+flags.DEFINE_list("extra", [], "Further rows 'variant:lea_field=value' (several fields joined "
+                  "by '+'), e.g. 'full:aug_advantage=false'.")
+
+
+def parse_extra(entry: str) -> tuple[str, dict]:
+    """'full:aug_advantage=false+aug_k=3' -> ('full', {'aug_advantage': 'false', 'aug_k': '3'})."""
+    variant, sep, fields = entry.partition(":")
+    pairs = [f.partition("=") for f in fields.split("+") if f]
+    if not sep or not pairs or any(not eq for _, eq, _ in pairs):
+        raise app.UsageError(f"--extra={entry!r}: expected 'variant:field=value[+field=value]'")
+    return variant, {k: v for k, _, v in pairs}
+
+
+def set_lea(config, overrides: dict) -> None:
+    """config.lea.<field> = value, in the field's type."""
+    for k, text in overrides.items():
+        if k not in config.lea:
+            raise app.UsageError(f"--extra: config.lea has no field {k!r}")
+        old = config.lea[k]
+        config.lea[k] = (text.lower() in ("1", "true")) if isinstance(old, bool) else type(old)(text)
 
 
 def config_for(variant: str):
@@ -59,18 +79,22 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)
     root = FLAGS.workdir or tempfile.mkdtemp(prefix="lea_table_")
     rows, env_info, dataset, timings = {}, None, None, {}
-    for variant in FLAGS.variants:
+    runs = [(v, {}) for v in FLAGS.variants] + [parse_extra(e) for e in FLAGS.extra]
+    for variant, overrides in runs:
         config = config_for(variant)
+        set_lea(config, overrides)
+        name = variant + "".join(f" {k}={v}" for k, v in overrides.items())
         if dataset is None:
             dataset = tasks.load_dataset(config)
         t0 = time.time()
         task = tasks.build_task(config, dataset)
         t_task = time.time() - t0
         env_info = task.extras.get("lea", env_info)
-        res = experiment.run(config, os.path.join(root, variant), task=task, progress=False)
-        rows[f"{variant} ({config.label})"] = res["test"]
-        timings[variant] = (t_task, time.time() - t0 - t_task)
-        print(f"{variant}: task {t_task:.0f} s, training {timings[variant][1]:.0f} s", file=sys.stderr,
+        res = experiment.run(config, os.path.join(root, name.replace(" ", "_")), task=task,
+                             progress=False)
+        rows[name if overrides else f"{variant} ({config.label})"] = res["test"]
+        timings[name] = (t_task, time.time() - t0 - t_task)
+        print(f"{name}: task {t_task:.0f} s, training {timings[name][1]:.0f} s", file=sys.stderr,
               flush=True)
     text = "\n".join([f"Test metrics at the best validation step — {FLAGS.dataset}, "
                       f"{FLAGS.base}/{FLAGS.encoder}, seed {FLAGS.seed}", M.format_table(rows)])
