@@ -12,11 +12,18 @@ Two parts, side by side in one table:
   (width 32, 16 x 16 images) and the synthetic task, seconds per step (median of
   ``--steps`` after compilation).
 
+Four more rows put the baselines under the live towers' memory options (``tower_dtype=
+bfloat16,remat``: bf16 activations as under the paper's fp16 autocast, and per-block
+rematerialisation), the same options for FFT, Adapter and LoRA so the comparison stays fair,
+plus IISAN (uncached) with bf16 towers. The "saved for backward" column is what JAX's
+autodiff keeps from the forward pass (the vjp residuals, traced only), next to what XLA's
+compiled step holds at once (temporaries): the two can order the methods differently.
+
 TPME uses the paper's weights (time 0.45, parameters 0.1, memory 0.45) over the six rows,
 once with the measured tiny-tower time and once with paper-scale FLOPs as the time axis.
 
-Command (the committed table):
-  .venv/bin/python benchmarks/iisan_efficiency.py --steps=5 --out=results/iisan_efficiency.md
+Command (the committed table; rows computed beforehand with ``--rows`` into the cache):
+  .venv/bin/python benchmarks/iisan_efficiency.py --cache_dir=/tmp/iisan_eff --steps=5 --out=results/iisan_efficiency.md
 
 Each row's numbers can be kept in ``--cache_dir`` (one JSON per row, reused when present), so
 rows can be computed by separate processes (``--rows``) and the table assembled by a final
@@ -71,8 +78,8 @@ def abstract_state(spec):
     return state, frozen
 
 
-def paper_scale(arg: str, users: int, num_items: int):
-    """(trainable params, StepCost) of one training step at the paper's shapes."""
+def paper_inputs(arg: str, users: int, num_items: int):
+    """(spec, abstract state, abstract step inputs) of one training step at the paper's shapes."""
     c = config_util.load_config_file(CONFIG, f"{arg},towers=base")
     spec = iisan.build_spec(c, num_items)
     state, frozen = abstract_state(spec)
@@ -82,9 +89,44 @@ def paper_scale(arg: str, users: int, num_items: int):
     log_mask = jax.ShapeDtypeStruct((users, l), jnp.int32)
     log_pop = jax.ShapeDtypeStruct((num_items + 1,), jnp.float32)
     rng = jax.eval_shape(lambda: jax.random.key(0))
-    cost = step_cost(iisan.step_on_content, state, content, ids, log_mask, frozen, log_pop, rng,
-                     donate_argnums=(0,))
+    return spec, state, dict(content=content, ids=ids, log_mask=log_mask, frozen=frozen,
+                             log_pop=log_pop, rng=rng)
+
+
+def paper_scale(arg: str, users: int, num_items: int):
+    """(trainable params, StepCost) of one training step at the paper's shapes."""
+    _, state, x = paper_inputs(arg, users, num_items)
+    cost = step_cost(iisan.step_on_content, state, x["content"], x["ids"], x["log_mask"],
+                     x["frozen"], x["log_pop"], x["rng"], donate_argnums=(0,))
     return freeze.count_params(state.params)[0], cost
+
+
+def saved_residual_bytes(arg: str, users: int, num_items: int) -> int:
+    """Bytes JAX saves for the backward pass of the loss at the paper's shapes (traced only).
+
+    The leaves of the ``vjp`` closure are the residuals: activations kept from the forward
+    pass for the backward one. Inputs kept as they are (frozen weights, the batch) are not
+    counted; they are arguments of the step anyway. This is what autodiff *asks* to keep,
+    before XLA's buffer assignment decides what is live at once (the temporaries column).
+    """
+    spec, state, x = paper_inputs(arg, users, num_items)
+
+    def pullback(params, frozen, content, ids, log_mask, log_pop, rng):
+        loss = lambda p: iisan.loss_on_content(p, frozen, spec, content, ids, log_mask, log_pop, rng)
+        return jax.vjp(loss, params, has_aux=True)[1]
+
+    closed = jax.make_jaxpr(pullback)(state.params, x["frozen"], x["content"], x["ids"],
+                                      x["log_mask"], x["log_pop"], x["rng"])
+    inputs = {id(v) for v in closed.jaxpr.invars}
+    total = 0
+    for v in closed.jaxpr.outvars:
+        aval = getattr(v, "aval", None)
+        if id(v) in inputs or not hasattr(aval, "shape"):
+            continue
+        if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key):
+            continue
+        total += int(np.prod(aval.shape, dtype=np.int64)) * aval.dtype.itemsize
+    return total
 
 
 def measured(arg: str, task_cache: dict, users: int, steps: int) -> float:
@@ -136,6 +178,10 @@ def main():
         if args.cache_dir and os.path.exists(path):
             with open(path) as f:
                 row = json.load(f)
+            if "resid" not in row:
+                row["resid"] = saved_residual_bytes(arg, args.users, args.num_items)
+                with open(path, "w") as f:
+                    json.dump(row, f)
             if args.retime:
                 # Re-measure the tiny-tower step here, so every row's time comes from one
                 # process under the same machine load (the paper-scale numbers are exact).
@@ -148,6 +194,7 @@ def main():
         sec = measured(arg, task_cache, args.users, args.steps)
         row = dict(name=name, params=n_train, peak=cost.peak_bytes, temp=cost.temp_bytes,
                    args=cost.argument_bytes, flops=cost.flops, sec=sec,
+                   resid=saved_residual_bytes(arg, args.users, args.num_items),
                    setting=dict(users=args.users, num_items=args.num_items, steps=args.steps))
         rows.append(row)
         if args.cache_dir:
@@ -162,13 +209,15 @@ def main():
 
     t_meas = tpme([r["sec"] for r in rows], [r["params"] for r in rows], [r["peak"] for r in rows])
     t_flop = tpme([r["flops"] for r in rows], [r["params"] for r in rows], [r["peak"] for r in rows])
-    head = ("| method | trainable params | step memory (peak) | of which temporaries | step FLOPs "
+    head = ("| method | trainable params | step memory (peak) | of which temporaries "
+            "| saved for backward (JAX) | step FLOPs "
             "| tiny-tower s/step | TPME (time = tiny s/step) | TPME (time = FLOPs) | paper: memory, s/epoch |")
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r, a, b in zip(rows, t_meas, t_flop):
         paper = PAPER.get(r["name"], ("", ""))
         lines.append(f"| {r['name']} | {r['params']:,} | {format_bytes(r['peak'])} | "
-                     f"{format_bytes(r['temp'])} | {r['flops'] / 1e12:.3f} T | {r['sec'] * 1e3:.1f} ms | "
+                     f"{format_bytes(r['temp'])} | {format_bytes(r['resid'])} | "
+                     f"{r['flops'] / 1e12:.3f} T | {r['sec'] * 1e3:.1f} ms | "
                      f"{a:.3f} | {b:.3f} | {', '.join(p for p in paper if p)} |")
     by = {r["name"]: r for r in rows}
     fft, cached, live = by["FFT"], by["IISAN (cached)"], by["IISAN (uncached)"]
@@ -181,18 +230,30 @@ def main():
         f"FFT / IISAN (cached) measured tiny-tower step time: {fft['sec'] / cached['sec']:.1f}x",
         f"FFT / IISAN (uncached) measured tiny-tower step time: {fft['sec'] / live['sec']:.1f}x",
     ]
-    for name in ("Adapter", "LoRA"):
-        r = by[name]
-        between = live["peak"] <= r["peak"] <= fft["peak"]
-        ratios.append(f"{name}: memory {fft['peak'] / r['peak']:.2f}x below FFT, "
-                      f"{r['peak'] / live['peak']:.1f}x above IISAN (uncached): "
-                      f"{'between them' if between else 'NOT between them'}")
+    for suffix in ("", " (bf16 + remat)"):
+        f = by.get("FFT" + suffix)
+        for name in ("Adapter", "LoRA"):
+            r = by.get(name + suffix)
+            if f is None or r is None:
+                continue
+            between = live["peak"] <= r["peak"] <= f["peak"]
+            ratios.append(f"{name}{suffix}: memory {f['peak'] / r['peak']:.2f}x below FFT{suffix}, "
+                          f"{r['peak'] / live['peak']:.1f}x above IISAN (uncached): "
+                          f"{'between them' if between else 'NOT between them'}; saved for "
+                          f"backward {f['resid'] / r['resid']:.2f}x below FFT{suffix}")
     text = "\n".join(lines) + "\n\n" + "\n".join("- " + s for s in ratios)
-    text += (f"\n\nPaper scale: BERT-base + ViT-B/16 (float32), {args.users} users x 11 items, 30 "
+    text += (f"\n\nPaper scale: BERT-base + ViT-B/16 (float32 unless a row says bf16: bf16 "
+             f"tower activations, float32 weights and Adam state; remat: every tower block "
+             f"recomputed in the backward pass), {args.users} users x 11 items, 30 "
              f"tokens, 224x224 images, {args.num_items} items, Adam; memory = arguments + outputs - "
-             f"donated + temporaries of the compiled step (XLA CPU backend); FLOPs = XLA cost "
-             f"analysis. Tiny towers: 4 blocks x 32 wide, 16x16 images, synthetic 'tiny' task, "
+             f"donated + temporaries of the compiled step (XLA CPU backend); saved for backward = "
+             f"the loss's vjp residuals as traced by JAX (inputs excluded), before XLA schedules "
+             f"them; FLOPs = XLA cost analysis. Tiny towers: 4 blocks x 32 wide, 16x16 images, synthetic 'tiny' task, "
              f"{args.users} users x 11 items, median of {args.steps} steps on this machine's CPU.")
+    if args.cache_dir:
+        text += (" Rows were computed by separate processes (--rows) into --cache_dir and "
+                 "assembled here; without --retime their tiny-tower times come from those "
+                 "processes, under whatever load the machine had then.")
     print(text)
     if args.out:
         from benchmarks.report import write_markdown
