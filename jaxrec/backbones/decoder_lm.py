@@ -86,7 +86,9 @@ class DecoderLM:
     Attributes:
       config: :class:`LlamaConfig` (``with_lm_head=True``, no LoRA/adapters).
       params: the ``'params'`` tree, ``lm_head`` included (numpy or jax arrays).
-      tokenizer: ``encode(text) -> ids``, ``decode(ids) -> text``, ``vocab_size``.
+      tokenizer: ``encode(text) -> ids``, ``decode(ids) -> text``, ``vocab_size``, ``pad_id``,
+        ``bos_id``, ``eos_id`` (a Hugging Face tokenizer's own ids differ from :data:`PAD`,
+        :data:`BOS`, :data:`EOS`; code that may meet one should read these attributes).
       info: provenance: corpus size, steps, first/last losses, source path.
     """
 
@@ -108,11 +110,12 @@ class DecoderLM:
                      left_pad: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``texts -> (ids [N, T], mask [N, T])`` int32 with ``T = max_len``, truncated, padded
         with :data:`PAD` on the right (or the left, for generation prompts)."""
-        ids = np.full((len(texts), max_len), PAD, np.int32)
+        tok = self.tokenizer
+        ids = np.full((len(texts), max_len), tok.pad_id, np.int32)
         mask = np.zeros((len(texts), max_len), np.int32)
         for i, t in enumerate(texts):
-            row = ([BOS] if bos else []) + list(self.tokenizer.encode(t))
-            row = row[:max_len - 1] + [EOS] if eos else row[:max_len]
+            row = ([tok.bos_id] if bos else []) + list(tok.encode(t))
+            row = row[:max_len - 1] + [tok.eos_id] if eos else row[:max_len]
             row = row[:max_len]
             if left_pad:
                 ids[i, max_len - len(row):], mask[i, max_len - len(row):] = row, 1
@@ -278,6 +281,19 @@ class _HFTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.tok)
+
+    @property
+    def pad_id(self) -> int:
+        # Llama tokenizers often have no pad token; any id works under a zero mask.
+        return self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+
+    @property
+    def bos_id(self) -> int:
+        return self.tok.bos_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.tok.eos_token_id
 
     def encode(self, text: str) -> list:
         return self.tok.encode(text, add_special_tokens=False)

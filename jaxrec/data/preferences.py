@@ -286,6 +286,10 @@ class PieceTokenizer:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    # The special ids, as attributes so code written against a tokenizer also works with a
+    # Hugging Face one (jaxrec.backbones.decoder_lm), whose ids differ.
+    pad_id, bos_id, eos_id = PAD, BOS, EOS
+
     def encode(self, text: str) -> list:
         """Token ids of ``text`` (no ``<s>`` / ``</s>``)."""
         return self.encode_words(text.split())[0]

@@ -124,7 +124,8 @@ def test_hugging_face_directory_loads_with_its_tokenizer(tmp_path):
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
     from tests.backbones.test_llama import _hf_config, _write_checkpoint
-    words = ["<pad>", "<s>", "</s>", "<unk>", "toy", "story", "comedy", "genres:"]
+    # Specials placed after the words, so ids that differ from PieceTokenizer's are caught.
+    words = ["genres:", "toy", "story", "comedy", "<pad>", "<s>", "</s>", "<unk>"]
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>",
@@ -133,8 +134,11 @@ def test_hugging_face_directory_loads_with_its_tokenizer(tmp_path):
     _write_checkpoint(transformers.FlaxLlamaForCausalLM(hf_cfg, seed=0), hf_cfg, tmp_path, seed=1)
     fast.save_pretrained(str(tmp_path))
     dec = dlm.get_decoder(dlm.default_section(checkpoint=str(tmp_path)), [])
-    assert dec.tokenizer.encode("toy story") == [4, 5]
-    assert dec.tokenizer.decode([4, 6, 2, 5]) == "toy comedy"        # stops at </s>
-    assert dec.info["special_ids"] == {"pad": 0, "bos": 1, "eos": 2}
-    logits = dec.model().apply({"params": dec.params}, jnp.array([[1, 4, 5]])).logits
-    assert logits.shape == (1, 3, hf_cfg.vocab_size)
+    assert dec.tokenizer.encode("toy story") == [1, 2]
+    assert dec.tokenizer.decode([1, 3, 6, 2]) == "toy comedy"        # stops at </s>
+    assert dec.info["special_ids"] == {"pad": 4, "bos": 5, "eos": 6}
+    assert (dec.tokenizer.pad_id, dec.tokenizer.bos_id, dec.tokenizer.eos_id) == (4, 5, 6)
+    ids, mask = dec.encode_batch(["toy story"], 5)
+    assert ids[0].tolist() == [5, 1, 2, 6, 4] and mask[0].tolist() == [1, 1, 1, 1, 0]
+    logits = dec.model().apply({"params": dec.params}, jnp.asarray(ids)).logits
+    assert logits.shape == (1, 5, hf_cfg.vocab_size)
