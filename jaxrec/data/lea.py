@@ -90,7 +90,8 @@ def _batched(fn, arrays: tuple, batch: int, desc: str = ""):
 def state_vectors(env: lea.Environment, state: np.ndarray, batch: int, desc: str = "") -> np.ndarray:
     """s^e [M, Ds] float32 of replay states [M, L] (unique windows computed once)."""
     uniq, inv = np.unique(np.asarray(state), axis=0, return_inverse=True)
-    ids, mask, _ = lea.prefix_tokens(uniq, env.model.num_items, env.decoder.tokenizer.vocab_size)
+    ids, mask, _ = lea.prefix_tokens(uniq, env.model.num_items, env.model.config.vocab_size,
+                                     **lea.special_ids(env.decoder))
     out = _batched(lambda i, m: _states(env.model, env.params["state"], i, m), (ids, mask), batch, desc)
     return out[np.asarray(inv).reshape(-1)].astype(np.float32)
 
@@ -98,7 +99,8 @@ def state_vectors(env: lea.Environment, state: np.ndarray, batch: int, desc: str
 def reward_scores(env: lea.Environment, state: np.ndarray, candidates: np.ndarray, batch: int,
                   desc: str = "") -> np.ndarray:
     """Raw reward-model scores [M] of (state [M, L], candidate [M])."""
-    ids, mask = lea.reward_inputs(state, candidates, env.model.num_items, env.decoder.tokenizer.vocab_size)
+    ids, mask = lea.reward_inputs(state, candidates, env.model.num_items, env.model.config.vocab_size,
+                                  **lea.special_ids(env.decoder))
     return _batched(lambda i, m: _scores(env.model, env.params["reward"], i, m), (ids, mask), batch,
                     desc).astype(np.float32)
 

@@ -195,50 +195,53 @@ def item_sentences(dec: decoder_lm.DecoderLM, texts, template: str, max_len: int
     """The item-token stage's rows: ``<s> before <item_i> after </s>`` per item.
 
     Args:
-      dec: the decoder (its tokenizer; item i's token id is ``vocab_size + i``).
+      dec: the decoder (its tokenizer; item i's token id is ``config.vocab_size + i``).
       texts: [N] item texts; template: with '{item}' and optionally '{text}'.
     Returns:
       (ids [N, T], mask [N, T], loss_mask [N, T]: 1 on tokens after the item token).
     """
     if template.count("{item}") != 1:
         raise ValueError(f"config.lea.template={template!r} must contain '{{item}}' exactly once")
-    v = dec.tokenizer.vocab_size
-    ids = np.full((len(texts), max_len), decoder_lm.PAD, np.int32)
+    v, tok = dec.config.vocab_size, dec.tokenizer
+    ids = np.full((len(texts), max_len), tok.pad_id, np.int32)
     mask = np.zeros_like(ids)
     loss = np.zeros_like(ids)
     for i, t in enumerate(texts):
         before, after = template.replace("{text}", t).split("{item}")
-        pre = [decoder_lm.BOS] + list(dec.tokenizer.encode(before.strip())) if before.strip() else [decoder_lm.BOS]
-        row = pre + [v + i] + list(dec.tokenizer.encode(after.strip())) + [decoder_lm.EOS]
+        pre = [tok.bos_id] + (list(tok.encode(before.strip())) if before.strip() else [])
+        row = pre + [v + i] + list(tok.encode(after.strip())) + [tok.eos_id]
         row = row[:max_len]
         ids[i, :len(row)], mask[i, :len(row)] = row, 1
         loss[i, len(pre) + 1:len(row)] = 1
     return ids, mask, loss
 
 
-def prefix_tokens(state, num_items: int, vocab_size: int, extra: int = 0):
+def prefix_tokens(state, num_items: int, vocab_size: int, extra: int = 0,
+                  bos: int = decoder_lm.BOS, pad: int = decoder_lm.PAD):
     """Replay states -> the prefix's item-token sequence ``<s> x_1 .. x_t``.
 
     Args:
       state: [B, L] right-padded with ``num_items`` (rl.md §1.4).
       extra: free columns appended (for the reward model's candidate).
+      bos, pad: the tokenizer's ids (``tokenizer.bos_id`` / ``pad_id``).
     Returns:
       (ids [B, 1 + L + extra], mask [B, 1 + L + extra], count [B] real items).
     """
     state = np.asarray(state)
     real = state < num_items
     b, l = state.shape
-    ids = np.full((b, 1 + l + extra), decoder_lm.PAD, np.int32)
+    ids = np.full((b, 1 + l + extra), pad, np.int32)
     mask = np.zeros_like(ids)
-    ids[:, 0], mask[:, 0] = decoder_lm.BOS, 1
-    ids[:, 1:1 + l] = np.where(real, vocab_size + state, decoder_lm.PAD)
+    ids[:, 0], mask[:, 0] = bos, 1
+    ids[:, 1:1 + l] = np.where(real, vocab_size + state, pad)
     mask[:, 1:1 + l] = real
     return ids, mask, real.sum(1)
 
 
-def reward_inputs(state, candidates, num_items: int, vocab_size: int):
+def reward_inputs(state, candidates, num_items: int, vocab_size: int, bos: int = decoder_lm.BOS,
+                  pad: int = decoder_lm.PAD):
     """``<s> x_1 .. x_t a``: state [B, L], candidates [B] -> (ids, mask) [B, L + 2]."""
-    ids, mask, count = prefix_tokens(state, num_items, vocab_size, extra=1)
+    ids, mask, count = prefix_tokens(state, num_items, vocab_size, 1, bos, pad)
     rows = np.arange(len(ids))
     ids[rows, count + 1] = vocab_size + np.asarray(candidates)
     mask[rows, count + 1] = 1
@@ -351,6 +354,13 @@ def train_reward_model(model, params, pos_ids, pos_mask, neg_ids, neg_mask, sect
                      int(section.seed) + 2, label)
 
 
+def special_ids(dec) -> dict:
+    """{'bos', 'pad'} of the decoder's tokenizer (a Hugging Face one has its own ids)."""
+    tok = dec.tokenizer
+    pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
+    return {"bos": int(tok.bos_id), "pad": int(pad)}
+
+
 def training_subset(sessions, fraction: float, seed: int):
     """A seeded ``fraction`` of the session rows (at least one), in their original order."""
     if not 0 < fraction <= 1:
@@ -438,7 +448,7 @@ def get_environment(dataset, config, progress: bool = True) -> Environment:
     say(f"LEA environment -> {path}: {n} item tokens, {subset.num_sessions} training sessions "
         f"({float(section.train_fraction):.0%})")
     params = init_params(model, dec, seed)
-    v = dec.tokenizer.vocab_size
+    v, sp = model.config.vocab_size, special_ids(dec)
 
     # (a) item tokens on their sentences.
     ids, mask, loss_mask = item_sentences(dec, texts, str(section.template), int(section.item_max_len))
@@ -446,7 +456,7 @@ def get_environment(dataset, config, progress: bool = True) -> Environment:
 
     # (b) state model on the subset's transitions (the next item is the action).
     tr = examples.replay_transitions(subset, state_len, pad_id=n)
-    s_ids, s_mask, _ = prefix_tokens(tr["state"], n, v)
+    s_ids, s_mask, _ = prefix_tokens(tr["state"], n, v, **sp)
     p_state, l_state = train_state_model(model, params, s_ids, s_mask, tr["action"], section,
                                          label("state model"))
 
@@ -456,8 +466,8 @@ def get_environment(dataset, config, progress: bool = True) -> Environment:
     seen = [np.unique(subset.sequence(s)) for s in range(subset.num_sessions)]
     neg = sample_unseen(np.random.default_rng(seed + 3), seen, rows, n, k)
     rep = lambda a: np.repeat(a, k, axis=0)
-    pos_ids, pos_mask = reward_inputs(rep(tr["state"]), rep(tr["action"]), n, v)
-    neg_ids, neg_mask = reward_inputs(rep(tr["state"]), neg.reshape(-1), n, v)
+    pos_ids, pos_mask = reward_inputs(rep(tr["state"]), rep(tr["action"]), n, v, **sp)
+    neg_ids, neg_mask = reward_inputs(rep(tr["state"]), neg.reshape(-1), n, v, **sp)
     p_reward, l_reward = train_reward_model(model, params, pos_ids, pos_mask, neg_ids, neg_mask,
                                             section, label("reward model"))
 
