@@ -111,7 +111,9 @@ def test_sac_warmup_then_q_weighted_ce_with_a_fresh_adam(tiny):
     assert config.rl.warmup_steps == 1
     task = build_task(config, tiny)
     s0 = sac.init(jax.random.key(3), task, config)
-    step = jax.jit(sac.train_step)
+    # A fresh wrapper: jax.jit(f) shares its compile cache with every other jit of the same
+    # f in the process (other test files jit these steps too), and this counts our compiles.
+    step = jax.jit(lambda *a: sac.train_step(*a))
     batch = _batch(task)
 
     # Step 0 (warm-up): SQN's loss, first Adam; the second Adam's state stays initial.
@@ -193,7 +195,7 @@ def test_sa2c_phases_switch_at_T_with_second_adam_and_resume(tiny, tmp_path):
     np.testing.assert_allclose(pop, task.item_freq / task.item_freq.sum(), rtol=1e-6)
     state = sa2c.init(jax.random.key(7), task, config)
     opt2_init = jax.tree.map(np.asarray, state.extra["opt2"])
-    step = jax.jit(sa2c.train_step)
+    step = jax.jit(lambda *a: sa2c.train_step(*a))   # a fresh cache (see the SAC test)
     states, batches = [state], [_batch(task, seed=k) for k in range(4)]
     for k in range(4):
         rng = jax.random.key(30 + k)
