@@ -110,19 +110,9 @@ def get_config(arg=None):
     c.optim.weight_decay = 0.01
     c.optim.warmup_fraction = 0.1
     c.optim.clip_norm = 1.0
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 32
-    c.train.num_epochs = 1
-    c.train.num_steps = int(a["steps"])
-    c.train.eval_every = int(a["steps"])
-    c.train.eval_every_epochs = 0.0
-    c.train.checkpoint_every = 0
-    c.train.patience = 0
-    c.train.prng_impl = "threefry2x32"
-    c.train.log_every = 50
-    c.train.max_checkpoints = 1
-    c.train.compute_dtype = "float32"
-    c.mesh = ml_collections.ConfigDict({"data": 1, "model": 1, "model_patterns": ()})
+    c.train = config_util.train_section(batch_size=32, num_epochs=1, num_steps=int(a["steps"]),
+                                        eval_every=int(a["steps"]), log_every=50, max_checkpoints=1)
+    c.mesh = config_util.mesh_section()
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 64
     c.eval.select_metric = "f1"

@@ -211,6 +211,35 @@ def encoder_fields() -> ml_collections.ConfigDict:
     return m
 
 
+def train_section(**overrides) -> ml_collections.ConfigDict:
+    """``config.train``: the trainer's settings (jaxrec.train.loop), with ``overrides``."""
+    t = ml_collections.ConfigDict()
+    t.batch_size = 256
+    t.num_epochs = 1
+    t.num_steps = 0            # 0: num_epochs passes over the training examples
+    t.eval_every = 2000
+    t.eval_every_epochs = 0.0  # > 0: overrides eval_every, in epochs
+    t.checkpoint_every = 0     # 0: at every evaluation
+    t.patience = 0             # > 0: stop after this many evaluations without gain
+    t.prng_impl = "threefry2x32"   # or 'rbg' / 'unsafe_rbg' (faster dropout on CPU)
+    t.log_every = 100
+    t.max_checkpoints = 2
+    t.compute_dtype = "float32"    # or 'bfloat16': bf16 matmuls, f32 accumulation
+                                   # (GPU/TPU; XLA:CPU ignores it)
+    for k, v in overrides.items():
+        if k not in t:
+            raise KeyError(f"config.train has no field {k!r}; fields: {', '.join(sorted(t))}")
+        t[k] = v
+    return t
+
+
+def mesh_section() -> ml_collections.ConfigDict:
+    """``config.mesh`` (jaxrec.train.sharding): data x model devices, -1 = the rest; 1 x 1 is
+    the single-device path. model_patterns: regexes of the state leaves split over 'model'
+    along their item axis (empty: item tables and item-scoring heads)."""
+    return ml_collections.ConfigDict({"data": 1, "model": 1, "model_patterns": ()})
+
+
 def base_config(method: str, dataset: str, encoder: str, smoke: bool,
                 raw_dir: Optional[str] = None, protocol: Optional[str] = None
                 ) -> ml_collections.ConfigDict:
@@ -248,23 +277,8 @@ def base_config(method: str, dataset: str, encoder: str, smoke: bool,
     c.optim.lr = d["lr"]
     c.optim.clip_norm = 0.0
     c.optim.weight_decay = 0.0
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 256
-    c.train.num_epochs = d["epochs"]
-    c.train.num_steps = 0            # 0: num_epochs passes over the training examples
-    c.train.eval_every = d["eval_every"]
-    c.train.eval_every_epochs = 0.0  # > 0: overrides eval_every, in epochs
-    c.train.checkpoint_every = 0     # 0: at every evaluation
-    c.train.patience = 0             # > 0: stop after this many evaluations without gain
-    c.train.prng_impl = "threefry2x32"   # or 'rbg' / 'unsafe_rbg' (faster dropout on CPU)
-    c.train.log_every = 100
-    c.train.max_checkpoints = 2
-    c.train.compute_dtype = "float32"   # or 'bfloat16': bf16 matmuls, f32 accumulation
-                                        # (GPU/TPU; XLA:CPU ignores it)
-    # Device mesh (jaxrec.train.sharding): data x model devices, -1 = the rest; 1 x 1 is
-    # the single-device path. model_patterns: regexes of the state leaves split over
-    # 'model' along their item axis (empty: item tables and item-scoring heads).
-    c.mesh = ml_collections.ConfigDict({"data": 1, "model": 1, "model_patterns": ()})
+    c.train = train_section(num_epochs=d["epochs"], eval_every=d["eval_every"])
+    c.mesh = mesh_section()
     c.eval = ml_collections.ConfigDict()    # shared evaluator settings
     c.eval.ks = (5, 10, 20)
     c.eval.batch_size = 256
