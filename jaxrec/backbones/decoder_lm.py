@@ -32,9 +32,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -45,6 +43,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxrec import storage
 from jaxrec.backbones.llama import LlamaConfig, LlamaModel
 from jaxrec.data.preferences import BOS, EOS, PAD, UNK, PieceTokenizer
 
@@ -224,24 +223,14 @@ def save(dec: DecoderLM, path: str) -> str:
     if not isinstance(dec.tokenizer, PieceTokenizer):
         raise TypeError("save() stores PieceTokenizer decoders; a Hugging Face decoder is already "
                         "a directory (pass it as decoder.checkpoint)")
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".incomplete-", dir=parent)
-    try:
+    with storage.atomic_directory(path) as tmp:
         cfg = {k: v for k, v in dataclasses.asdict(dec.config).items()
                if isinstance(v, (int, float, str, bool, type(None), tuple, list))}
         with open(os.path.join(tmp, "decoder.json"), "w") as f:
             json.dump({"format": FORMAT, "config": cfg, "info": dec.info}, f, indent=1)
         with open(os.path.join(tmp, "tokenizer.json"), "w") as f:
             json.dump(dec.tokenizer.to_json(), f)
-        flat = {"/".join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(dec.params).items()}
-        np.savez(os.path.join(tmp, "params.npz"), **flat)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        storage.save_tree(os.path.join(tmp, "params.npz"), dec.params)
     return path
 
 
@@ -264,8 +253,7 @@ def load(path: str) -> DecoderLM:
     cfg = LlamaConfig(**cfg_d)
     with open(os.path.join(path, "tokenizer.json")) as f:
         tok = PieceTokenizer.from_json(json.load(f))
-    with np.load(os.path.join(path, "params.npz")) as z:
-        params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): z[k] for k in z.files})
+    params = storage.load_tree(os.path.join(path, "params.npz"))
     if tok.vocab_size != cfg.vocab_size:
         raise ValueError(f"{path}: tokenizer has {tok.vocab_size} ids, the decoder {cfg.vocab_size}")
     return DecoderLM(cfg, params, tok, dict(meta.get("info", {}), source=path))
@@ -328,10 +316,7 @@ def cache_key(texts: Sequence[str], section) -> str:
 
 
 def cache_dir(section) -> str:
-    if section.get("cache_dir"):
-        return str(section.cache_dir)
-    from jaxrec.data.prepare import default_data_dir
-    return os.path.join(default_data_dir(), "decoders")
+    return storage.cache_dir("decoders", section.get("cache_dir") or "")
 
 
 def get_decoder(section, texts: Sequence[str], *, log_every: int = 0) -> DecoderLM:

@@ -45,11 +45,11 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
 
+from jaxrec import storage
 from jaxrec.backbones import decoder_lm
 from jaxrec.data import tasks
 from jaxrec.data.preferences import BOS, EOS, PAD
@@ -222,9 +222,7 @@ def item_embeddings(texts: Sequence[str], encoder: str = "minilm", *, dim: int =
     for t in texts:
         h.update(t.encode("utf-8") + b"\x00")
     h.update(f"{encoder}|{dim}|{max_len}".encode())
-    if not cache_dir:
-        from jaxrec.data.prepare import default_data_dir
-        cache_dir = os.path.join(default_data_dir(), "persoma_emb")
+    cache_dir = storage.cache_dir("persoma_emb", cache_dir)
     path = os.path.join(cache_dir, f"{encoder}-{h.hexdigest()[:16]}.npy")
     if os.path.exists(path):
         return np.load(path)

@@ -39,13 +39,13 @@ import sys
 from typing import Any
 
 import flax.linen as nn
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
+from jaxrec import storage
 from jaxrec.backbones import decoder_lm
 from jaxrec.backbones.llama import LlamaConfig, LlamaModel
 from jaxrec.data import examples
@@ -379,10 +379,7 @@ def _hash_arrays(h, *arrays):
 
 
 def cache_root(section) -> str:
-    if section.get("cache_dir"):
-        return str(section.cache_dir)
-    from jaxrec.data.prepare import default_data_dir
-    return os.path.join(default_data_dir(), "lea")
+    return storage.cache_dir("lea", section.get("cache_dir") or "")
 
 
 def environment_key(dec_section, texts, sessions, state_len: int, section) -> str:
@@ -399,24 +396,15 @@ def environment_key(dec_section, texts, sessions, state_len: int, section) -> st
 
 
 def _save(path: str, params: dict, info: dict) -> None:
-    tmp = path + ".incomplete"
-    os.makedirs(tmp, exist_ok=True)
-    for stage, tree in params.items():
-        flat = {"/".join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree).items()}
-        np.savez(os.path.join(tmp, f"{stage}.npz"), **flat)
-    with open(os.path.join(tmp, "info.json"), "w") as f:
-        json.dump(info, f, indent=1)
-    if os.path.exists(path):
-        import shutil
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    with storage.atomic_directory(path) as tmp:
+        for stage, tree in params.items():
+            storage.save_tree(os.path.join(tmp, f"{stage}.npz"), tree)
+        with open(os.path.join(tmp, "info.json"), "w") as f:
+            json.dump(info, f, indent=1)
 
 
 def _load(path: str) -> tuple[dict, dict]:
-    params = {}
-    for stage in ("state", "reward"):
-        with np.load(os.path.join(path, f"{stage}.npz")) as z:
-            params[stage] = flax.traverse_util.unflatten_dict({tuple(k.split("/")): z[k] for k in z.files})
+    params = {stage: storage.load_tree(os.path.join(path, f"{stage}.npz")) for stage in ("state", "reward")}
     with open(os.path.join(path, "info.json")) as f:
         return params, json.load(f)
 
