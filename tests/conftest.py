@@ -1,4 +1,5 @@
-"""Test-session setup: prepared datasets go to a temporary cache, never ~/.cache.
+"""Test-session setup: full-precision matmuls, no GPU preallocation, and prepared datasets in a
+temporary cache, never ~/.cache.
 
 The directory is created by the first process (pytest itself, or the xdist controller)
 and inherited by xdist workers through the environment, so workers share one cache;
@@ -9,6 +10,15 @@ import atexit
 import os
 import shutil
 import tempfile
+
+# Before JAX is imported anywhere (and inherited by subprocesses, xdist workers and notebook
+# kernels through the environment):
+# - matmuls and convolutions at full float32 precision: a GPU's default is TF32 (10-bit
+#   mantissa), which would put every comparison with a float32 reference out of tolerance;
+# - no GPU memory preallocation: each xdist worker, CLI subprocess and notebook kernel would
+#   otherwise take 75 % of the device and the second one would fail to start.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import pytest
 

@@ -22,6 +22,7 @@ from jaxrec.backbones.llama import (
     load_llama,
     position_ids_from_mask,
 )
+from tests.numerics import assert_trees_close
 
 B, T, V = 3, 8, 64
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -236,8 +237,8 @@ def test_remat_same_outputs_and_grads(llama):
 
     g0 = jax.jit(jax.grad(loss(variant["model"])))(variant["params"])
     g1 = jax.jit(jax.grad(loss(remat_model)))(variant["params"])
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    # recomputation may reorder float32 sums: equal up to round-off of the tree's scale
+    assert_trees_close(g1, g0, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

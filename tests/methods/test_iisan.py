@@ -17,6 +17,7 @@ from jaxrec.peft import freeze
 from jaxrec.peft.side_adapters import (IISANItemTower, SideConfig, gate_values, gld_blocks,
                                        tap_indices)
 
+from tests.numerics import assert_trees_close
 from tests.train.helpers import get_config
 
 
@@ -218,8 +219,11 @@ def test_cached_equals_uncached_and_loss_falls(setup):
     l_c, g_c = jax.jit(loss_and_grads)(cached_state, cached_consts)
     l_u, g_u = jax.jit(loss_and_grads)(live_state, live_consts)
     np.testing.assert_allclose(float(l_c), float(l_u), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(g_c), jax.tree.leaves(g_u)):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+    # Relative to each leaf's and the whole gradient's scale: the cache computes the towers
+    # over the catalogue in another order than the live step, and small leaves (a gate's
+    # scalar gradient of 1e-3 in a tree whose largest entry is 5e-2) differ by round-off
+    # that depends on the CPU (1e-5 of the tree's scale here, 5e-5 on an AVX-512 EPYC).
+    assert_trees_close(g_c, g_u, rtol=1e-3, tree_rtol=5e-4)
 
     # Training from the cache lowers the loss on a fixed batch; the towers stay out of the state.
     step = jax.jit(iisan.train_step)
