@@ -49,7 +49,7 @@ import numpy as np
 
 from jaxrec import metrics as M
 from jaxrec.evaluators.ranking import history_mask
-from jaxrec.train.data import eval_batches
+from jaxrec.runs import eval_batches
 
 EMBEDDINGS_KEY = "item_embeddings"
 

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import jax
 import numpy as np
 
-from jaxrec.train.data import eval_batches
+from jaxrec.runs import eval_batches
 
 __all__ = ["parse_genres", "set_prf", "genre_scores", "GenreF1Evaluator"]
 

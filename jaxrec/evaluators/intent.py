@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec.train.data import eval_batches
+from jaxrec.runs import eval_batches
 
 
 # ----------------------------------------------------------------------- pure metrics

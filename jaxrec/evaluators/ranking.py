@@ -42,7 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrec import metrics as M
 from jaxrec.train import sharding as sh
-from jaxrec.train.data import eval_batches
+from jaxrec.runs import eval_batches
 
 
 def history_mask(state: jax.Array, num_items: int, id_shift: int) -> jax.Array:

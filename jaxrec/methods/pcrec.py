@@ -262,7 +262,7 @@ class State:
 
 def hyper(config, task) -> Hyper:
     """Reads and checks ``config.pcrec`` (errors name the field)."""
-    from jaxrec.train.loop import schedule     # pure step arithmetic; no trainer state
+    from jaxrec.runs import schedule     # pure step arithmetic; no trainer state
     pc = config.pcrec
     base = str(config.model.encoder)
     if base not in BASES:

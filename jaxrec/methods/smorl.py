@@ -126,21 +126,14 @@ def load_item_embeddings(workdir: str, num_items: int, dataset: str | None = Non
     Raises:
       ValueError: no finished checkpoint, no item table, or a table of another catalogue.
     """
-    import orbax.checkpoint as ocp
-
-    from jaxrec.train.checkpoint import Checkpointer
+    from jaxrec.runs import latest_saved_state
 
     where = f"config.rl.smorl_pretrained={workdir!r}"
-    # Checkpointer creates a missing directory: look first, so a typo is not "fixed".
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise ValueError(f"{where}: no checkpoints/ directory there; give the workdir of a "
-                         f"finished supervised GRU4Rec run (configs/supervised.py)")
-    ckpt = Checkpointer(workdir)
-    step = ckpt.latest_step()
-    if step is None:
-        raise ValueError(f"{where}: {ckpt.directory} holds no complete checkpoint")
-    saved = ocp.StandardCheckpointer().restore(os.path.join(ckpt.step_dir(step), "state"))
-    ckpt.close()
+    try:
+        step, saved = latest_saved_state(workdir, where)
+    except ValueError as e:
+        raise ValueError(f"{e}; give the workdir of a finished supervised GRU4Rec run "
+                         "(configs/supervised.py)") from None
     try:
         table = np.asarray(saved["params"]["params"]["encoder"]["item_embed"]["embedding"])
     except (KeyError, TypeError) as e:

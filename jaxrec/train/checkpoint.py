@@ -31,10 +31,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import serialization
 
+from jaxrec.runs import COMMIT_FILE  # orbax's completion marker (the run-directory layout)
+
 log = logging.getLogger(__name__)
 
-# orbax's completion marker, written into a step directory as its last file.
-COMMIT_FILE = "commit_success.txt"
 _MISSING = object()
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxrec.runs import eval_batches  # noqa: F401  (re-exported: the trainer's batching)
+
 
 class BatchSource:
     """Random-access training batches: ``source[i]`` is batch i (seeded, epoch-reshuffled).
@@ -41,18 +43,3 @@ class BatchSource:
         global batch split over several hosts (same order as ``source[i][rows]``)."""
         idx = np.asarray(self._index[int(i)])[rows]
         return {k: v[idx] for k, v in self.arrays.items()}
-
-
-def eval_batches(arrays: dict, batch_size: int):
-    """Yields (batch dict of [b, ...] arrays, number of real rows) over ``[Q, ...]`` arrays,
-    the last batch padded to ``batch_size`` by repeating row 0, so a jitted predict
-    compiles once."""
-    n = len(next(iter(arrays.values())))
-    for a in range(0, n, batch_size):
-        b = min(n, a + batch_size)
-        batch = {k: v[a:b] for k, v in arrays.items()}
-        if b - a < batch_size:
-            fill = batch_size - (b - a)
-            batch = {k: np.concatenate([v, np.repeat(v[:1], fill, axis=0)])
-                     for k, v in batch.items()}
-        yield batch, b - a

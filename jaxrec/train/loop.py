@@ -46,6 +46,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrec import evaluators as ev_lib
+from jaxrec.runs import schedule  # noqa: F401  (loop.schedule: part of the trainer's API)
 from jaxrec.train import sharding as sh
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.data import BatchSource
@@ -84,24 +85,6 @@ def _log_jsonl(path: str, record: dict) -> None:
         return
     with open(path, "a") as f:
         f.write(json.dumps(json_safe(record)) + "\n")
-
-
-def schedule(config, task) -> dict:
-    """Step counts of a run: ``num_steps`` (``train.num_steps`` or ``num_epochs`` passes),
-    ``eval_every`` (``train.eval_every_epochs`` epochs when set, else ``train.eval_every``
-    steps; 0 = only at the end), ``log_every`` and ``checkpoint_every`` (0 = at every
-    evaluation)."""
-    tc = config.train
-    spe = task.steps_per_epoch
-    steps = int(tc.get("num_steps", 0) or 0)
-    if steps <= 0:
-        steps = int(math.ceil(float(tc.num_epochs) * spe))
-    every_epochs = float(tc.get("eval_every_epochs", 0) or 0)
-    eval_every = (max(int(round(every_epochs * spe)), 1) if every_epochs > 0
-                  else int(tc.get("eval_every", 0) or steps))
-    return {"num_steps": steps, "steps_per_epoch": spe, "eval_every": eval_every,
-            "log_every": max(1, int(tc.get("log_every", 100))),
-            "checkpoint_every": int(tc.get("checkpoint_every", 0) or eval_every)}
 
 
 class Bookkeeping:
