@@ -22,12 +22,16 @@ convenience export: the records are the source of truth).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
+import sys
+import time
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -260,7 +264,8 @@ def _make_builders(log_fn: Callable[[], tuple[EventLog, dict]], cfg_name: str, d
 
     kw = dict(config=tfds.core.BuilderConfig(name=cfg_name), data_dir=data_dir,
               file_format="array_record")
-    return JaxrecSessions(**kw), JaxrecItems(**kw)
+    with quiet_tfds():
+        return JaxrecSessions(**kw), JaxrecItems(**kw)
 
 
 def _feature_spec(log: EventLog) -> dict:
@@ -367,8 +372,15 @@ def _prepare_locked(name: str, raw_dir: Optional[str], data_dir: str, options: d
             "stats": json.dumps(log.stats()), "has_rating": log.rating is not None}
     sessions_b, items_b = _make_builders(log_fn, config_name(name, options), data_dir, meta,
                                          _feature_spec(log))
-    items_b.download_and_prepare()      # items first: sessions complete => dataset complete
-    sessions_b.download_and_prepare()
+    # One line per stage instead of TFDS's ~40 (quiet_tfds); on stderr, so a results table
+    # on stdout stays clean.
+    print(f"preparing dataset {name} ({log.num_sessions:,} sessions, {log.num_items:,} items) "
+          f"in {data_dir} ...", file=sys.stderr, flush=True)
+    t0 = time.time()
+    with quiet_tfds():
+        items_b.download_and_prepare()      # items first: sessions complete => dataset complete
+        sessions_b.download_and_prepare()
+    print(f"prepared dataset {name} in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
     sdir, idir = dataset_dirs(name, data_dir, options)
     split_ids = {k: [str(log.raw_session_ids[s]) for s in v] for k, v in rows.items()}
     with open(os.path.join(sdir, "split_sessions.json"), "w") as f:
@@ -376,11 +388,38 @@ def _prepare_locked(name: str, raw_dir: Optional[str], data_dir: str, options: d
     return sdir, idir
 
 
+@contextlib.contextmanager
+def quiet_tfds():
+    """Silences TFDS while it writes or reads a jaxrec dataset: its progress bars, the
+    "Downloading and preparing dataset ..." / "... Subsequent calls will reuse this data."
+    lines it prints to stdout (there is nothing to download: the builders read local files),
+    and absl warnings such as "Using custom data configuration" (every jaxrec dataset has
+    one) or "OpenCV is not installed" (PIL decodes the covers). Errors still show.
+    ``JAXREC_VERBOSE_TFDS=1`` keeps everything, for debugging a builder."""
+    if os.environ.get("JAXREC_VERBOSE_TFDS", "") not in ("", "0"):
+        yield
+        return
+    from absl import logging as absl_logging
+    from tensorflow_datasets.core.utils import tqdm_utils
+    was_active = tqdm_utils._active
+    absl_logger = absl_logging.get_absl_logger()
+    level = absl_logger.level
+    tqdm_utils.display_progress_bar(False)
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tqdm_utils.display_progress_bar(was_active)
+        absl_logger.setLevel(level)
+
+
 # --------------------------------------------------------------------------- loading
 def _read_source(path: str) -> dict:
     tfds = _tfds()
-    builder = tfds.builder_from_directory(path)
-    return builder, builder.as_data_source()
+    with quiet_tfds():
+        builder = tfds.builder_from_directory(path)
+        return builder, builder.as_data_source()
 
 
 def _sessions_from_records(recs: list[dict]) -> Sessions:
@@ -470,6 +509,7 @@ def load(name: str, /, raw_dir: Optional[str] = None, data_dir: Optional[str] = 
         for s in splits.values():
             s.rating = None
     _, isrc = _read_source(idir)
-    items, raw_ids = _read_items(isrc["items"])
+    with quiet_tfds():          # image decoding warns once that OpenCV is missing
+        items, raw_ids = _read_items(isrc["items"])
     return Dataset(name=name, num_items=int(meta["num_items"]), splits=splits, items=items,
                    raw_item_ids=raw_ids, meta=meta)

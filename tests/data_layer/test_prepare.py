@@ -133,3 +133,25 @@ def test_same_dataset_name_from_another_raw_dir_is_prepared_separately(tmp_path,
     # the same directory named differently (relative path) is the same dataset
     monkeypatch.chdir(tmp_path)
     assert prep.prepare("retailrocket", "a", data) == dirs_a
+
+
+def test_preparation_prints_one_line_per_stage(tmp_path):
+    """A first run on an offline machine shows what happens in two lines, not TFDS's ~40
+    ("Downloading and preparing dataset ...", progress bars, absl warnings)."""
+    code = ("from jaxrec.data import prepare as p; import sys; "
+            f"d = p.load('synthetic', data_dir={str(tmp_path)!r}, preset='tiny'); "
+            f"d = p.load('synthetic', data_dir={str(tmp_path)!r}, preset='tiny'); print('ok')")
+    env = {k: v for k, v in os.environ.items() if k != "JAXREC_VERBOSE_TFDS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == "ok\n"
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("preparing dataset synthetic (300 sessions, 80 items)")
+    assert lines[1].startswith("prepared dataset synthetic in ")
+    # and the switch brings TFDS's own output back
+    out = subprocess.run([sys.executable, "-c", code.replace(str(tmp_path), str(tmp_path / "v"))],
+                         capture_output=True, text=True, timeout=300,
+                         env={**env, "JAXREC_VERBOSE_TFDS": "1"})
+    assert "Downloading and preparing dataset" in out.stdout
