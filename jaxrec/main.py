@@ -44,6 +44,11 @@ def main(argv):
     print(f"\nresults: {FLAGS.workdir}/results.json")
 
 
-if __name__ == "__main__":
+def run():
+    """Console script ``jaxrec-train`` (same flags as ``python -m jaxrec.main``)."""
     from jaxrec import cli
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

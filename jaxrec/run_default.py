@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from jaxrec import config_util, experiment
 from jaxrec import metrics as M
@@ -51,5 +51,11 @@ def main(argv):
     print(f"\nRuns (checkpoints, metrics.jsonl, results.json) under {root}")
 
 
+def run():
+    """Console script ``jaxrec-demo`` (``make run``)."""
+    from jaxrec import cli
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

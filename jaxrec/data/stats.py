@@ -75,5 +75,10 @@ def main(argv):
     print(dataset_table(ds))
 
 
-if __name__ == "__main__":
+def run():
+    """Console script ``jaxrec-data`` (same flags as ``python -m jaxrec.data.stats``)."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

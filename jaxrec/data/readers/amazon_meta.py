@@ -115,7 +115,9 @@ def main(argv):
           "items have none)")
 
 
-if __name__ == "__main__":
+def run():
+    """Console script ``jaxrec-amazon-meta`` (same flags as ``python -m
+    jaxrec.data.readers.amazon_meta``)."""
     from absl import flags
 
     from jaxrec import cli
@@ -126,3 +128,7 @@ if __name__ == "__main__":
                         required=True)
     flags.DEFINE_string("out_dir", None, "Output folder (default: the users file's).")
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()
