@@ -226,6 +226,8 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
     t.max_checkpoints = 2
     t.compute_dtype = "float32"    # or 'bfloat16': bf16 matmuls, f32 accumulation
                                    # (GPU/TPU; XLA:CPU ignores it)
+    t.deterministic = False        # GPU: deterministic XLA kernels (bit-exact resume), slower
+    t.allow_config_change = False  # resume although hyperparameters changed (listed on stderr)
     for k, v in overrides.items():
         if k not in t:
             raise KeyError(f"config.train has no field {k!r}; fields: {', '.join(sorted(t))}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from jaxrec import validate
 from jaxrec.data import tasks
 from jaxrec.methods import get_method
 from jaxrec.train import loop
@@ -32,6 +33,9 @@ def run(config, workdir: str, *, dataset=None, task: Optional[tasks.Task] = None
     Returns:
       The results dict of :func:`jaxrec.train.loop.train`.
     """
+    # Config and workdir first: a bad value stops the run before any dataset is prepared,
+    # checkpoint loaded or step compiled.
+    validate.check_config(config, workdir)
     method = get_method(config.method)
     task = task if task is not None else tasks.build_task(config, dataset)
     return loop.train(method, task, config, workdir, stop_after=stop_after,

@@ -55,12 +55,25 @@ class CheckpointMismatchError(ValueError):
             "--workdir, or rerun with the original config.")
 
 
-def _flatten(tree, prefix: str = "") -> dict:
+class CorruptCheckpointError(ValueError):
+    """A step directory exists and looks finished, but its files cannot be read."""
+
+    def __init__(self, directory: str, step: int, cause: BaseException):
+        self.directory, self.step = directory, step
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(
+            f"checkpoint {directory} (step {step}) cannot be read ({type(cause).__name__}: "
+            f"{first[:300]}). It is damaged or was not written by jaxrec. Move that step "
+            f"directory away to resume from the previous checkpoint (if any), or use a new "
+            f"--workdir.")
+
+
+def flatten_dotted(tree, prefix: str = "") -> dict:
     """Nested dicts -> {dotted path: leaf}, in insertion order."""
     if isinstance(tree, dict):
         out = {}
         for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_dotted(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: tree}
 
@@ -86,7 +99,7 @@ def first_mismatch(saved: dict, expected: dict) -> Optional[tuple[str, str, int]
       None if every leaf path and shape agree, else (leaf path, what differs, number of
       mismatching leaves). Expected leaves come first, in the template's order.
     """
-    s, e = _flatten(saved), _flatten(expected)
+    s, e = flatten_dotted(saved), flatten_dotted(expected)
     problems = []
     for path, want in e.items():
         got = s.get(path, _MISSING)
@@ -180,8 +193,11 @@ class Checkpointer:
             if found is not None:
                 raise CheckpointMismatchError(where, step, found[0], found[1])
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, expected)
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        except Exception as e:      # truncated / corrupted / foreign files
+            raise CorruptCheckpointError(where, step, e) from e
         return serialization.from_state_dict(template, out["state"]), dict(out["meta"])
 
     def wait(self) -> None:

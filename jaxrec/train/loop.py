@@ -48,7 +48,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrec import evaluators as ev_lib
 from jaxrec.runs import schedule  # noqa: F401  (loop.schedule: part of the trainer's API)
 from jaxrec.train import sharding as sh
-from jaxrec.train.checkpoint import Checkpointer
+from jaxrec.train.checkpoint import Checkpointer, flatten_dotted
 from jaxrec.train.data import BatchSource
 
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
@@ -85,6 +85,114 @@ def _log_jsonl(path: str, record: dict) -> None:
         return
     with open(path, "a") as f:
         f.write(json.dumps(json_safe(record)) + "\n")
+
+
+# Fields that may change when a run is resumed: its length and its logging.
+RESUMABLE_CHANGES = ("train.num_epochs", "train.num_steps", "train.log_every",
+                     "train.max_checkpoints", "train.allow_config_change")
+
+
+def config_changes(saved: dict, new: dict) -> list[str]:
+    """``'field: saved -> new'`` for every field whose value differs between two config
+    JSON documents (added and removed fields included), except :data:`RESUMABLE_CHANGES`."""
+    a, b = flatten_dotted(saved), flatten_dotted(new)
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k in RESUMABLE_CHANGES or a.get(k, "<absent>") == b.get(k, "<absent>"):
+            continue
+        out.append(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}")
+    return out
+
+
+def _record_config(config, workdir: str, writer: bool) -> None:
+    """Writes ``config.json`` for a new run. A resumed run keeps the original one: resuming
+    with other hyperparameters is refused, naming the fields, unless
+    ``config.train.allow_config_change`` (then the new config goes to
+    ``config.resumed-<step>.json`` and the changes are printed)."""
+    from jaxrec.runs import finished_steps
+    path = os.path.join(workdir, "config.json")
+    new_json = config.to_json_best_effort(indent=2)
+    steps = finished_steps(workdir)
+    if steps and os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: unreadable ({e}); it records the config of the run "
+                             f"whose checkpoints are in {workdir}/checkpoints. Restore it, or "
+                             "use a new --workdir") from None
+        changes = config_changes(saved, json.loads(new_json))
+        if changes and not config.train.get("allow_config_change", False):
+            raise ValueError(
+                f"--workdir={workdir} holds a run (checkpoint at step {steps[-1]}) with other "
+                f"hyperparameters: {'; '.join(changes)}. Resume with the original config "
+                f"(recorded in {path}), use a new --workdir, or set "
+                "--config.train.allow_config_change=True to resume anyway")
+        if changes and writer:
+            print(f"resuming with a changed config ({'; '.join(changes)}); the original "
+                  f"stays in {path}", file=sys.stderr)
+            with open(os.path.join(workdir, f"config.resumed-{steps[-1]}.json"), "w") as f:
+                f.write(new_json)
+        return
+    if writer:
+        with open(path, "w") as f:
+            f.write(new_json)
+
+
+def _truncate_jsonl(path: str, last_step: int) -> None:
+    """Keeps the records of ``path`` with ``step <= last_step`` (atomic rewrite)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip()]
+    keep = [ln for ln in lines if int(json.loads(ln).get("step", 0)) <= last_step]
+    if len(keep) == len(lines):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+
+
+def _write_runtime(workdir: str, timing: dict, t_end: float) -> None:
+    """``runtime.json``: the device, its peak memory (where the backend reports it, e.g.
+    GPUs) and the mean wall time of a step after the first (which includes compilation).
+    Kept out of results.json, which a resumed run reproduces exactly."""
+    dev = jax.local_devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    n = timing["steps_after_first"]
+    out = {"platform": dev.platform, "device_kind": dev.device_kind,
+           "num_devices": jax.device_count(),
+           "peak_device_bytes": (stats or {}).get("peak_bytes_in_use"),
+           "steps_timed": n,
+           "mean_step_s": ((t_end - timing["first_step_done"]) / n
+                           if n and timing["first_step_done"] else None)}
+    with open(os.path.join(workdir, "runtime.json"), "w") as f:
+        json.dump(out, f, indent=2)
+
+
+def jit_step(method: ModuleType, *, traces: Optional[list] = None, mesh=None,
+             state_sharding: Any = None, consts_sharding: Any = None):
+    """The trainer's compiled step: ``jax.jit(method.train_step)`` with the input state
+    donated (its buffers are reused for the new state), and on a mesh with explicit in/out
+    shardings (the state comes back laid out as it went in, so the step compiles once; GSPMD
+    adds the gradient all-reduce over 'data'; the batch is split over 'data').
+
+    Benchmarks lower this same function from abstract shapes
+    (``jit_step(m).lower(state, batch, rng, consts).compile()``), so what they report is the
+    step a run executes. ``traces[0]`` is incremented at every trace (= compilation)."""
+    def train_step(*args):
+        if traces is not None:
+            traces[0] += 1
+        return method.train_step(*args)
+
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=0)
+    repl = NamedSharding(mesh, P())
+    batch_sh = NamedSharding(mesh, P("data"))
+    return jax.jit(train_step, donate_argnums=0,
+                   in_shardings=(state_sharding, batch_sh, repl, consts_sharding),
+                   out_shardings=(state_sharding, repl))
 
 
 class Bookkeeping:
@@ -157,9 +265,7 @@ def train(method: ModuleType, task, config, workdir: str, *,
     """
     os.makedirs(workdir, exist_ok=True)
     writer = sh.is_writer()
-    if writer:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    _record_config(config, workdir, writer)
     mesh = sh.mesh_from_config(config)        # None: one device, no sharding at all
     precision = sh.precision_context(config)
 
@@ -218,27 +324,23 @@ def train(method: ModuleType, task, config, workdir: str, *,
         logging.info("resumed from %s at step %d", ckpt.directory, latest)
         if writer:
             print(f"Resuming from checkpoint at step {latest} in {ckpt.directory}")
+    if writer:
+        # A kill between two checkpoints (or before the first one finished) leaves log lines
+        # of steps after the last checkpoint; those steps are replayed now, so drop them (no
+        # duplicate lines after the replay).
+        _truncate_jsonl(metrics_path, latest or 0)
 
     # The step donates its input state; methods may legitimately alias one array in two
     # leaves (e.g. shared zeros), which donation forbids, so give every leaf its own buffer.
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
     traces = [0]      # how often the step was traced (= compiled); 1 in a healthy run
-
-    def train_step(*args):
-        traces[0] += 1
-        return method.train_step(*args)
-
     if mesh is None:
-        step_fn = jax.jit(train_step, donate_argnums=0)
+        step_fn = jit_step(method, traces=traces)
         get_batch = source.__getitem__
     else:
-        # Explicit in/out shardings: the state comes back laid out as it went in, so the
-        # step compiles once; GSPMD adds the gradient all-reduce over 'data'.
-        repl = NamedSharding(mesh, P())
         batch_sh = NamedSharding(mesh, P("data"))
-        step_fn = jax.jit(train_step, donate_argnums=0,
-                          in_shardings=(state_sh, batch_sh, repl, consts_sh),
-                          out_shardings=(state_sh, repl))
+        step_fn = jit_step(method, traces=traces, mesh=mesh, state_sharding=state_sh,
+                           consts_sharding=consts_sh)
         rows = sh.local_rows(batch_sh, task.batch_size)
 
         def get_batch(i):       # this process's rows of batch i, as one global batch
@@ -285,12 +387,21 @@ def train(method: ModuleType, task, config, workdir: str, *,
                    mininterval=0.2 if sys.stderr.isatty() else 30.0)
     window = []
     t0 = time.time()
+    # Test hook: die abruptly (like SIGKILL: no cleanup, orbax's async save may be cut)
+    # right after this step, to test resuming from a kill between two checkpoints.
+    kill_after = int(os.environ.get("JAXREC_DEBUG_KILL_AFTER_STEP", "0") or 0)
+    timing = {"first_step_done": None, "steps_after_first": 0}
     for step in range(start, num_steps):
         batch = get_batch(step)
         with precision():
             state, m = step_fn(state, batch, jax.random.fold_in(root, step), consts)
         window.append(m)
         done = step + 1
+        if timing["first_step_done"] is None:       # compilation ends with the first step
+            jax.block_until_ready(m)
+            timing["first_step_done"] = time.time()
+        else:
+            timing["steps_after_first"] += 1
         at_log = done % log_every == 0 or done == num_steps
         at_eval = done % eval_every == 0 or done == num_steps
         at_ckpt = done % ckpt_every == 0 or done == num_steps or done == stop_after
@@ -328,11 +439,18 @@ def train(method: ModuleType, task, config, workdir: str, *,
             ckpt.save(done, state, json_safe(book.record))
         if bar:
             bar.update(1)
+        if kill_after and done == kill_after:
+            ckpt.wait()          # the last checkpoint finished long ago in a real kill
+            os._exit(137)
         if (stop_after is not None and done >= stop_after) or stop_early:
             break
+    jax.block_until_ready(state)
+    t_end = time.time()
     if bar:
         bar.close()
     ckpt.close()
+    if writer:
+        _write_runtime(workdir, timing, t_end)
     r = book.record
     results = {"method": config.method, "label": str(config.get("label", config.method)),
                "dataset": task.name, "num_steps": num_steps, "steps_per_epoch": task.steps_per_epoch,

@@ -12,10 +12,11 @@ def get_config(name, arg=""):
     return config_util.load_config_file(os.path.join(ROOT, "configs", name), arg)
 
 
-def run_main(args, workdir, timeout: int = 600):
-    """``python -m jaxrec.main --workdir=WORKDIR *args`` from the repository root;
-    returns the CompletedProcess (text output captured)."""
+def run_main(args, workdir, timeout: int = 600, env: dict | None = None):
+    """``python -m jaxrec.main --workdir=WORKDIR *args`` from the repository root, with
+    ``env`` added to the environment; returns the CompletedProcess (text output captured)."""
     import subprocess
     import sys
     return subprocess.run([sys.executable, "-m", "jaxrec.main", f"--workdir={workdir}",
-                           *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                           *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=None if env is None else {**os.environ, **env})
