@@ -328,8 +328,7 @@ def load(path: str) -> DecoderLM:
                          f"{loaded.config.vocab_size}")
     info = {}
     if os.path.exists(os.path.join(path, INFO_FILE)):
-        with open(os.path.join(path, INFO_FILE)) as f:
-            info = json.load(f).get("info", {})
+        info = dict(toks.read_json_object(os.path.join(path, INFO_FILE)).get("info", {}))
     info.update(source=path, special_ids={"pad": tok.pad_id if tok.has_pad else None, "bos": tok.bos_id,
                                           "eos": tok.eos_id})
     return DecoderLM(loaded.config, jax.tree.map(np.asarray, loaded.params), tok, info)
@@ -338,8 +337,7 @@ def load(path: str) -> DecoderLM:
 def _load_legacy(path: str) -> DecoderLM:
     """FORMAT 1: ``decoder.json`` (config, info) + ``params.npz`` + jaxrec's own tokenizer JSON."""
     meta_path = os.path.join(path, LEGACY_FILE)
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = toks.read_json_object(meta_path)
     if meta.get("format") != 1:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected 1 (or a config.json directory)")
     known = {f.name for f in dataclasses.fields(LlamaConfig)}

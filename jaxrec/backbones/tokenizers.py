@@ -47,7 +47,7 @@ _WORD = re.compile(r"\S+")
 _CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
              (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
-__all__ = ["HFTokenizer", "PieceTokenizer", "from_pretrained", "align_words", "PAD", "BOS", "EOS",
+__all__ = ["HFTokenizer", "PieceTokenizer", "from_pretrained", "align_words", "read_json_object", "PAD", "BOS", "EOS",
            "EYE_OPEN", "EYE_CLOSE", "UNK", "SPECIALS"]
 
 
@@ -228,7 +228,8 @@ class HFTokenizer:
 _SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "additional_special_tokens")
 
 
-def _read_json(path: str) -> dict:
+def read_json_object(path: str) -> dict:
+    """A JSON file holding one object; ValueError naming the file (and the line) otherwise."""
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
@@ -251,9 +252,9 @@ def _read_directory(path: str) -> tuple[hf_tokenizers.Tokenizer, dict, dict]:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
     cfg_path = os.path.join(path, TOKENIZER_CONFIG_FILE)
-    cfg = _read_json(cfg_path) if os.path.exists(cfg_path) else {}
+    cfg = read_json_object(cfg_path) if os.path.exists(cfg_path) else {}
     map_path = os.path.join(path, SPECIAL_TOKENS_MAP_FILE)
-    smap = _read_json(map_path) if os.path.exists(map_path) else {}
+    smap = read_json_object(map_path) if os.path.exists(map_path) else {}
     tok_path = os.path.join(path, TOKENIZER_FILE)
     if os.path.exists(tok_path):
         try:
