@@ -4,27 +4,33 @@ Spec ``llm.md`` §1.5 / §2.6 / §3 and ``rl.md`` §8: PERSOMA, GazeReward and L
 LLM". None is available offline, so a tiny Llama-family decoder
 (:class:`jaxrec.backbones.llama.LlamaModel`) is pretrained by next-token cross-entropy on the
 texts of the task (rendered item texts, or the preference pairs) and saved as a checkpoint that
-every method and seed loads instead of re-training it. On a GPU, ``checkpoint`` can name a
-directory written by :func:`save` (e.g. a longer pretraining run of
-``python -m jaxrec.backbones.decoder_lm``) or a Hugging Face Llama / Mistral / Gemma directory
-(``config.json`` + safetensors + a ``tokenizer.json`` / tokenizer files readable by
-``transformers.AutoTokenizer``).
+every method and seed loads instead of re-training it. ``checkpoint`` can name a directory
+written by :func:`save` (e.g. a longer pretraining run of ``python -m jaxrec.backbones.decoder_lm``)
+or any Hugging Face Llama / Mistral / Gemma directory (``config.json`` + safetensors + a
+``tokenizer.json`` with its ``tokenizer_config.json``).
 
 Pieces:
 
 * :class:`DecoderLM`: ``config`` (a :class:`LlamaConfig` with the LM head), ``params`` (the
-  ``'params'`` tree, ``lm_head`` included), ``tokenizer`` (``encode``, ``decode``,
-  ``vocab_size``; ids :data:`PAD`, :data:`BOS`, :data:`EOS`) and ``info`` (how it was made).
+  ``'params'`` tree, ``lm_head`` included), ``tokenizer`` (a
+  :class:`jaxrec.backbones.tokenizers.HFTokenizer`: ``encode``, ``decode``, ``vocab_size``,
+  ``pad_id`` / ``bos_id`` / ``eos_id``, word alignment) and ``info`` (how it was made).
 * :func:`pretrain`: the causal-LM run; :func:`fit_minibatch`: the jitted-once Adam loop it uses
   (shared with GazeReward's BiLSTM imitation and LEA's stages).
-* :func:`save` / :func:`load`: a directory ``decoder.json`` + ``params.npz`` + ``tokenizer.json``,
-  written into a temporary directory and renamed when complete (a crash never leaves a
-  half-written checkpoint that looks finished).
+* :func:`save` / :func:`load`: a Hugging Face Llama directory — ``config.json`` (read by
+  ``transformers.AutoConfig``), ``model.safetensors`` (PyTorch tensor names and layouts, read by
+  :func:`jaxrec.backbones.llama.load_llama`), ``tokenizer.json`` + ``tokenizer_config.json`` +
+  ``special_tokens_map.json`` (read by ``transformers.AutoTokenizer``, same ids as jaxrec) and
+  ``jaxrec_decoder.json`` (how it was pretrained) — written into a temporary directory and
+  renamed when complete (a crash never leaves a half-written checkpoint that looks finished).
+  :func:`load` still reads the former layout (``decoder.json`` + ``params.npz`` + jaxrec's own
+  ``tokenizer.json``); such directories in the cache are simply no longer looked up.
 * :func:`get_decoder`: the checkpoint named by a config section, or the cached pretraining of
-  ``texts`` under a key of (texts, architecture, pretraining settings), pretrained and saved on
-  first use.
+  ``texts`` under a key of (texts, architecture, pretraining settings, :data:`FORMAT`),
+  pretrained and saved on first use.
 * :func:`item_texts`: one rendered text per item (title, genres) from
   :class:`jaxrec.data.events.ItemInfo`.
+* :func:`read_texts` and the command line (:func:`main`): pretraining on a file of texts.
 """
 from __future__ import annotations
 
@@ -44,14 +50,20 @@ import numpy as np
 import optax
 
 from jaxrec import storage
-from jaxrec.backbones.llama import LlamaConfig, LlamaModel
-from jaxrec.data.preferences import BOS, EOS, PAD, UNK, PieceTokenizer
+from jaxrec.backbones import hf
+from jaxrec.backbones import tokenizers as toks
+from jaxrec.backbones.llama import LlamaConfig, LlamaModel, hf_param_mapping, load_llama
+from jaxrec.backbones.tokenizers import BOS, EOS, PAD, UNK, PieceTokenizer
 
-FORMAT = 1                 # bump when the saved layout changes (old caches are then retrained)
+# Bump when the saved layout changes: it is part of the cache key, so old caches are not read.
+# 1: decoder.json + params.npz + jaxrec tokenizer.json; 2: Hugging Face Llama layout.
+FORMAT = 2
+INFO_FILE = "jaxrec_decoder.json"       # FORMAT and pretraining provenance, next to config.json
+LEGACY_FILE = "decoder.json"            # FORMAT 1's metadata file
 # LlamaConfig fields a section may set (the rest keep the tiny-Llama defaults).
 ARCH_FIELDS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_position_embeddings")
 __all__ = ["DecoderLM", "default_section", "get_decoder", "pretrain", "save", "load", "item_texts",
-           "fit_minibatch", "PAD", "BOS", "EOS", "UNK"]
+           "read_texts", "fit_minibatch", "PAD", "BOS", "EOS", "UNK"]
 
 
 def default_section(**overrides) -> ml_collections.ConfigDict:
@@ -60,15 +72,16 @@ def default_section(**overrides) -> ml_collections.ConfigDict:
     Fields:
       checkpoint: '' = pretrain here (cached), else a :func:`save` directory or a Hugging Face
         Llama-family directory.
-      piece, mark: the :class:`PieceTokenizer` built on the corpus (pieces of at most ``piece``
-        characters; continuation pieces marked so generations decode exactly).
+      piece, mark: the :class:`~jaxrec.backbones.tokenizers.PieceTokenizer` built on the corpus
+        (pieces of at most ``piece`` characters; ``mark='▁'`` marks word starts so generations
+        decode exactly, ``''`` leaves pieces unmarked; the former ``'##'`` reads as ``'▁'``).
       hidden_size, intermediate_size, num_layers, num_heads, max_position_embeddings: the
         decoder's shape [inferred: CPU-sized; the papers use 1B–8B models].
       pretrain_steps, batch_size, lr, max_len, seed: the causal-LM pretraining on the corpus.
       cache_dir: where pretrained decoders are kept ('' = ``$JAXREC_DATA_DIR/decoders``).
     """
     s = ml_collections.ConfigDict(dict(
-        checkpoint="", piece=4, mark="##", hidden_size=64, intermediate_size=128, num_layers=2,
+        checkpoint="", piece=4, mark="\u2581", hidden_size=64, intermediate_size=128, num_layers=2,
         num_heads=4, max_position_embeddings=512, pretrain_steps=300, batch_size=32, lr=3e-3,
         max_len=48, seed=0, cache_dir=""))
     for k, v in overrides.items():
@@ -85,9 +98,10 @@ class DecoderLM:
     Attributes:
       config: :class:`LlamaConfig` (``with_lm_head=True``, no LoRA/adapters).
       params: the ``'params'`` tree, ``lm_head`` included (numpy or jax arrays).
-      tokenizer: ``encode(text) -> ids``, ``decode(ids) -> text``, ``vocab_size``, ``pad_id``,
-        ``bos_id``, ``eos_id`` (a Hugging Face tokenizer's own ids differ from :data:`PAD`,
-        :data:`BOS`, :data:`EOS`; code that may meet one should read these attributes).
+      tokenizer: a :class:`jaxrec.backbones.tokenizers.HFTokenizer` (``encode(text) -> ids``,
+        ``decode(ids) -> text``, ``vocab_size``, ``pad_id``, ``bos_id``, ``eos_id``,
+        ``encode_words``); a Hugging Face tokenizer's own ids differ from :data:`PAD`,
+        :data:`BOS`, :data:`EOS`, so code that may meet one reads these attributes.
       info: provenance: corpus size, steps, first/last losses, source path.
     """
 
@@ -108,12 +122,13 @@ class DecoderLM:
     def encode_batch(self, texts: Sequence[str], max_len: int, *, bos: bool = True, eos: bool = True,
                      left_pad: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``texts -> (ids [N, T], mask [N, T])`` int32 with ``T = max_len``, truncated, padded
-        with :data:`PAD` on the right (or the left, for generation prompts)."""
+        with the tokenizer's ``pad_id`` on the right (or the left, for generation prompts);
+        ``bos`` is skipped for a tokenizer without a BOS token."""
         tok = self.tokenizer
         ids = np.full((len(texts), max_len), tok.pad_id, np.int32)
         mask = np.zeros((len(texts), max_len), np.int32)
         for i, t in enumerate(texts):
-            row = ([tok.bos_id] if bos else []) + list(tok.encode(t))
+            row = ([tok.bos_id] if bos and tok.bos_id is not None else []) + list(tok.encode(t))
             row = row[:max_len - 1] + [tok.eos_id] if eos else row[:max_len]
             row = row[:max_len]
             if left_pad:
@@ -218,88 +233,122 @@ def pretrain(texts: Sequence[str], section, tokenizer=None, *, log_every: int = 
 
 
 # ---------------------------------------------------------------------------- save / load
+def hf_config(config: LlamaConfig, tokenizer=None) -> dict:
+    """The ``config.json`` of a Llama decoder (``transformers.LlamaConfig`` fields; the special
+    ids are the tokenizer's).
+
+    Raises:
+      ValueError: a config Hugging Face's Llama cannot express (Mistral / Gemma features) or
+        one with LoRA / adapters (export those with :mod:`jaxrec.peft.peft_io`).
+    """
+    c = config
+    if c.model_type != "llama" or c.norm_offset or c.embed_scale or c.sliding_window is not None:
+        raise ValueError(f"save(): only plain Llama decoders are written (model_type {c.model_type!r}, "
+                         f"norm_offset={c.norm_offset}, embed_scale={c.embed_scale}, "
+                         f"sliding_window={c.sliding_window})")
+    if c.lora_rank or c.adapter_size:
+        raise ValueError("save(): the decoder has LoRA / adapter layers; merge them or export the adapter "
+                         "with jaxrec.peft.peft_io.save_peft_adapter")
+    out = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
+           "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+           "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+           "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim, "hidden_act": c.hidden_act,
+           "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
+           "rope_theta": c.rope_theta, "rope_scaling": None, "tie_word_embeddings": c.tie_word_embeddings,
+           "attention_bias": c.attention_bias, "mlp_bias": c.mlp_bias,
+           "attention_dropout": c.attention_dropout, "initializer_range": c.initializer_range,
+           "torch_dtype": np.dtype(c.param_dtype).name, "use_cache": True}
+    if tokenizer is not None:
+        out.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                   pad_token_id=tokenizer.pad_id if tokenizer.has_pad else None)
+    return out
+
+
+def hf_tensors(config: LlamaConfig, params: dict) -> dict:
+    """``params`` under Hugging Face PyTorch names and layouts (``model.layers.0.self_attn.
+    q_proj.weight [out, in]``...): the inverse of :func:`jaxrec.backbones.llama.hf_param_mapping`.
+
+    Raises:
+      ValueError: a leaf the mapping does not cover (e.g. LoRA factors), or a missing one.
+    """
+    mapping = hf_param_mapping(config, "model.")
+    flat = {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()}
+    extra = sorted("/".join(k) for k in set(flat) - set(mapping))
+    missing = sorted("/".join(k) for k in set(mapping) - set(flat))
+    if extra or missing:
+        raise ValueError(f"save(): parameters outside the Llama layout {extra[:5]}, missing {missing[:5]}")
+    out = {}
+    for path, (name, transform) in mapping.items():
+        if transform is hf.linear_kernel:          # [in, out] -> torch.nn.Linear's [out, in]
+            out[name] = np.ascontiguousarray(flat[path].T)
+        elif transform is None:
+            out[name] = np.ascontiguousarray(flat[path])
+        else:
+            raise ValueError(f"save(): no inverse for the layout transform of {name}")
+    return out
+
+
 def save(dec: DecoderLM, path: str) -> str:
-    """Writes ``dec`` to directory ``path`` atomically (temporary directory, then rename)."""
-    if not isinstance(dec.tokenizer, PieceTokenizer):
-        raise TypeError("save() stores PieceTokenizer decoders; a Hugging Face decoder is already "
-                        "a directory (pass it as decoder.checkpoint)")
+    """Writes ``dec`` to directory ``path`` in Hugging Face Llama layout (see the module
+    docstring), atomically (temporary directory, then rename)."""
+    from safetensors import numpy as st_numpy
+    cfg = hf_config(dec.config, dec.tokenizer)
+    tensors = hf_tensors(dec.config, dec.params)
     with storage.atomic_directory(path) as tmp:
-        cfg = {k: v for k, v in dataclasses.asdict(dec.config).items()
-               if isinstance(v, (int, float, str, bool, type(None), tuple, list))}
-        with open(os.path.join(tmp, "decoder.json"), "w") as f:
-            json.dump({"format": FORMAT, "config": cfg, "info": dec.info}, f, indent=1)
-        with open(os.path.join(tmp, "tokenizer.json"), "w") as f:
-            json.dump(dec.tokenizer.to_json(), f)
-        storage.save_tree(os.path.join(tmp, "params.npz"), dec.params)
+        with open(os.path.join(tmp, hf.CONFIG_FILE), "w") as f:
+            json.dump(cfg, f, indent=1)
+        st_numpy.save_file(tensors, os.path.join(tmp, hf.SAFETENSORS_FILE), metadata={"format": "pt"})
+        dec.tokenizer.save_pretrained(tmp, model_max_length=dec.config.max_position_embeddings)
+        with open(os.path.join(tmp, INFO_FILE), "w") as f:
+            json.dump({"format": FORMAT, "info": {k: v for k, v in dec.info.items() if k != "source"}}, f, indent=1)
     return path
 
 
 def load(path: str) -> DecoderLM:
-    """A decoder written by :func:`save`, or a Hugging Face Llama-family directory."""
+    """A decoder written by :func:`save` (or by its former layout), or any Hugging Face Llama /
+    Mistral / Gemma directory with its tokenizer.
+
+    Raises:
+      FileNotFoundError: ``path`` is not a directory, or holds neither ``config.json`` nor the
+        former ``decoder.json``.
+      ValueError: a tokenizer with more ids than the model's vocabulary (the message names the
+        directory), or the errors of :func:`load_llama` / the tokenizer reader.
+    """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"decoder checkpoint {path!r} is not a directory")
-    meta_path = os.path.join(path, "decoder.json")
-    if not os.path.exists(meta_path):
-        if os.path.exists(os.path.join(path, "config.json")):
-            return _load_hf(path)
-        raise FileNotFoundError(f"{path}: neither decoder.json (a jaxrec decoder) nor config.json "
-                                "(a Hugging Face checkpoint)")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, this version reads {FORMAT}")
+    if os.path.exists(os.path.join(path, LEGACY_FILE)):
+        return _load_legacy(path)
+    if not os.path.exists(os.path.join(path, hf.CONFIG_FILE)):
+        raise FileNotFoundError(f"{path}: no config.json (a Hugging Face / jaxrec decoder) nor "
+                                f"{LEGACY_FILE} (a decoder saved by an earlier jaxrec)")
+    loaded = load_llama(path, with_lm_head=True)
+    tok = toks.from_pretrained(path)
+    if tok.vocab_size > loaded.config.vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {tok.vocab_size} ids, the model's vocab_size is "
+                         f"{loaded.config.vocab_size}")
+    info = {}
+    if os.path.exists(os.path.join(path, INFO_FILE)):
+        info = dict(toks.read_json_object(os.path.join(path, INFO_FILE)).get("info", {}))
+    info.update(source=path, special_ids={"pad": tok.pad_id if tok.has_pad else None, "bos": tok.bos_id,
+                                          "eos": tok.eos_id})
+    return DecoderLM(loaded.config, jax.tree.map(np.asarray, loaded.params), tok, info)
+
+
+def _load_legacy(path: str) -> DecoderLM:
+    """FORMAT 1: ``decoder.json`` (config, info) + ``params.npz`` + jaxrec's own tokenizer JSON."""
+    meta_path = os.path.join(path, LEGACY_FILE)
+    meta = toks.read_json_object(meta_path)
+    if meta.get("format") != 1:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected 1 (or a config.json directory)")
     known = {f.name for f in dataclasses.fields(LlamaConfig)}
-    cfg_d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["config"].items() if k in known}
-    cfg = LlamaConfig(**cfg_d)
-    with open(os.path.join(path, "tokenizer.json")) as f:
-        tok = PieceTokenizer.from_json(json.load(f))
-    params = storage.load_tree(os.path.join(path, "params.npz"))
+    cfg = LlamaConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["config"].items() if k in known})
+    tok_path = os.path.join(path, toks.TOKENIZER_FILE)
+    with open(tok_path) as f:
+        tok = PieceTokenizer.from_json(json.load(f), where=tok_path)
     if tok.vocab_size != cfg.vocab_size:
         raise ValueError(f"{path}: tokenizer has {tok.vocab_size} ids, the decoder {cfg.vocab_size}")
+    params = storage.load_tree(os.path.join(path, "params.npz"))
     return DecoderLM(cfg, params, tok, dict(meta.get("info", {}), source=path))
-
-
-class _HFTokenizer:
-    """``transformers`` tokenizer behind the :class:`PieceTokenizer` interface."""
-
-    def __init__(self, path: str):
-        from transformers import AutoTokenizer   # lazy: slow import, only for HF checkpoints
-        self.tok = AutoTokenizer.from_pretrained(path)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tok)
-
-    @property
-    def pad_id(self) -> int:
-        # Llama tokenizers often have no pad token; any id works under a zero mask.
-        return self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-
-    @property
-    def bos_id(self) -> int:
-        return self.tok.bos_token_id
-
-    @property
-    def eos_id(self) -> int:
-        return self.tok.eos_token_id
-
-    def encode(self, text: str) -> list:
-        return self.tok.encode(text, add_special_tokens=False)
-
-    def decode(self, ids, stop_at_eos: bool = True) -> str:
-        ids = [int(i) for i in ids]
-        if stop_at_eos and self.tok.eos_token_id in ids:
-            ids = ids[:ids.index(self.tok.eos_token_id)]
-        return self.tok.decode(ids, skip_special_tokens=True)
-
-
-def _load_hf(path: str) -> DecoderLM:
-    from jaxrec.backbones.llama import load_llama
-    loaded = load_llama(path, with_lm_head=True)
-    tok = _HFTokenizer(path)
-    # The module-level PAD/BOS/EOS ids are the PieceTokenizer's; an HF tokenizer has its own.
-    global_ids = {"pad": tok.tok.pad_token_id, "bos": tok.tok.bos_token_id, "eos": tok.tok.eos_token_id}
-    return DecoderLM(loaded.config, loaded.params, tok, {"source": path, "special_ids": global_ids})
 
 
 # ------------------------------------------------------------------------------- caching
@@ -330,7 +379,7 @@ def get_decoder(section, texts: Sequence[str], *, log_every: int = 0) -> Decoder
     if section.get("checkpoint"):
         return load(str(section.checkpoint))
     path = os.path.join(cache_dir(section), f"decoder-{cache_key(texts, section)}")
-    if os.path.exists(os.path.join(path, "decoder.json")):
+    if os.path.exists(os.path.join(path, INFO_FILE)):
         return load(path)
     print(f"pretraining the decoder on {len(texts)} texts ({int(section.pretrain_steps)} steps) -> {path}",
           file=sys.stderr, flush=True)
@@ -367,29 +416,74 @@ def item_texts(items, num_items: Optional[int] = None, fields: Sequence[str] = (
 
 
 # ------------------------------------------------------------------------------------ CLI
+def read_texts(path: str, field: str = "") -> list:
+    """The texts of a file: one per line (``field`` empty; blank lines skipped), or the string
+    ``field`` of every JSON object of a JSON-lines file.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: a line that is not a JSON object or lacks ``field`` (naming file, line and
+        field), or a file without any text.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"texts file {path!r} not found")
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            if not field:
+                texts.append(line)
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); without --field the file is "
+                                 "read as one text per line") from None
+            if not isinstance(row, dict) or field not in row:
+                raise ValueError(f"{path}:{n}: no field {field!r}")
+            if not isinstance(row[field], str):
+                raise ValueError(f"{path}:{n}: field {field!r} must be a string, got {row[field]!r}")
+            texts.append(row[field])
+    if not texts:
+        raise ValueError(f"{path}: no texts")
+    return texts
+
+
 def main(argv=None) -> int:
-    """``python -m jaxrec.backbones.decoder_lm --dataset=ml100k --out=DIR [--steps=N ...]``:
-    pretrains a decoder on a dataset's item texts and saves it (pass ``DIR`` as
-    ``config.decoder.checkpoint`` of PERSOMA / LEA)."""
+    """Pretrains a decoder on the texts of a file and saves it::
+
+        python -m jaxrec.backbones.decoder_lm --texts=texts.txt --out=runs/decoder --pretrain_steps=3000
+
+    ``--texts``: one text per line, or with ``--field=NAME`` a JSON-lines file whose objects
+    hold the text under ``NAME``. The other flags are the fields of :func:`default_section`
+    (``--piece``, ``--hidden_size``, ``--pretrain_steps``, ``--lr``...). ``--out`` becomes a
+    Hugging Face Llama directory: pass it as ``config.decoder.checkpoint`` of PERSOMA / LEA (or
+    ``config.model.decoder_checkpoint`` of GazeReward), or open it with ``transformers``.
+    Item texts of a dataset are one call away: ``"\\n".join(item_texts(dataset.items))``.
+
+    A bad file or flag value prints one ``error: ...`` line and exits with status 2.
+    """
     import argparse
-    from jaxrec import config_util
-    from jaxrec.data import tasks
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--dataset", default="synthetic")
-    ap.add_argument("--raw_dir", default="")
-    ap.add_argument("--out", required=True)
-    for k, v in default_section().items():
-        if k not in ("checkpoint", "cache_dir"):
-            ap.add_argument(f"--{k}", type=type(v), default=v)
+    from jaxrec import cli
+    ap = argparse.ArgumentParser(prog="python -m jaxrec.backbones.decoder_lm", description=main.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--texts", required=True, help="file of texts: one per line, or JSON lines with --field")
+    ap.add_argument("--field", default="", help="the text field of a JSON-lines --texts file")
+    ap.add_argument("--out", required=True, help="directory to write the decoder to")
+    tunable = [k for k in default_section() if k not in ("checkpoint", "cache_dir")]
+    for k in tunable:
+        ap.add_argument(f"--{k}", type=type(default_section()[k]), default=default_section()[k])
     a = ap.parse_args(argv)
-    section = default_section(**{k: getattr(a, k) for k in default_section() if hasattr(a, k)
-                                 and k not in ("checkpoint", "cache_dir")})
-    cfg = ml_collections.ConfigDict({"dataset": config_util.dataset_config(a.dataset, a.raw_dir or None)})
-    ds = tasks.load_dataset(cfg)
-    texts = item_texts(ds.items, ds.num_items)
-    dec = pretrain(texts, section, log_every=max(int(section.pretrain_steps) // 20, 1))
-    save(dec, a.out)
-    print(json.dumps(dec.info))
+    try:
+        section = default_section(**{k: getattr(a, k) for k in tunable})
+        texts = read_texts(a.texts, a.field)
+        dec = pretrain(texts, section, log_every=max(int(section.pretrain_steps) // 20, 1))
+        save(dec, a.out)
+    except cli.USER_ERRORS as e:
+        cli.fail(cli.message(e))
+    print(json.dumps(dict(dec.info, out=a.out)))
     return 0
 
 

@@ -257,83 +257,9 @@ def synthetic_pairs(n: int, seed: int = 0, *, common: int = 2000, rare: tuple = 
 
 
 # ----------------------------------------------------------------------------- tokenizer
-class PieceTokenizer:
-    """Whitespace words cut into pieces of at most ``piece`` characters, with word alignment.
-
-    The vocabulary (after :data:`SPECIALS`) is every piece of the ``texts`` it is built from,
-    in order of first appearance; unknown pieces map to ``<unk>``. With ``mark`` (e.g. ``"##"``)
-    every piece but a word's first carries the mark, so :meth:`decode` restores the words
-    exactly (what generation needs); without it pieces of different words can share an id.
-    """
-
-    def __init__(self, texts: Sequence[str], piece: int, mark: str = ""):
-        if piece <= 0:
-            raise ValueError(f"piece must be > 0, got {piece}")
-        self.piece = int(piece)
-        self.mark = str(mark)
-        self.vocab = {s: i for i, s in enumerate(SPECIALS)}
-        for t in texts:
-            for w in t.split():
-                for p in self.pieces(w):
-                    self.vocab.setdefault(p, len(self.vocab))
-        self._inverse = None
-
-    def pieces(self, word: str) -> list:
-        out = [word[i:i + self.piece] for i in range(0, len(word), self.piece)]
-        return out[:1] + [self.mark + p for p in out[1:]]
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocab)
-
-    # The special ids, as attributes so code written against a tokenizer also works with a
-    # Hugging Face one (jaxrec.backbones.decoder_lm), whose ids differ.
-    pad_id, bos_id, eos_id = PAD, BOS, EOS
-
-    def encode(self, text: str) -> list:
-        """Token ids of ``text`` (no ``<s>`` / ``</s>``)."""
-        return self.encode_words(text.split())[0]
-
-    def decode(self, ids: Sequence[int], stop_at_eos: bool = True) -> str:
-        """Text of ``ids``: specials dropped, stopping at the first ``</s>``; with a ``mark``
-        the continuation pieces are glued back onto their word."""
-        if self._inverse is None or len(self._inverse) != len(self.vocab):
-            self._inverse = {i: p for p, i in self.vocab.items()}
-        words = []
-        for i in ids:
-            i = int(i)
-            if i == EOS and stop_at_eos:
-                break
-            if i < len(SPECIALS) and i != UNK:
-                continue
-            p = self._inverse.get(i, "<unk>")
-            if self.mark and p.startswith(self.mark) and words:
-                words[-1] += p[len(self.mark):]
-            else:
-                words.append(p)
-        return " ".join(words)
-
-    def to_json(self) -> dict:
-        return {"piece": self.piece, "mark": self.mark,
-                "vocab": sorted(self.vocab, key=self.vocab.__getitem__)}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "PieceTokenizer":
-        tok = cls([], int(d["piece"]), d.get("mark", ""))
-        vocab = list(d["vocab"])
-        if tuple(vocab[:len(SPECIALS)]) != SPECIALS:
-            raise ValueError(f"tokenizer vocabulary must start with {SPECIALS}, got {vocab[:len(SPECIALS)]}")
-        tok.vocab = {p: i for i, p in enumerate(vocab)}
-        return tok
-
-    def encode_words(self, words: Sequence[str], first_word: int = 0) -> tuple[list, list]:
-        """``(token ids, word index of every token)``; words are numbered from ``first_word``."""
-        ids, wid = [], []
-        for i, w in enumerate(words):
-            for p in self.pieces(w):
-                ids.append(self.vocab.get(p, UNK))
-                wid.append(first_word + i)
-        return ids, wid
+# The tokenizer lives with the decoders (it is saved as a standard tokenizer.json with them);
+# re-exported here, where the reward-model data pipeline has always imported it from.
+from jaxrec.backbones.tokenizers import PieceTokenizer  # noqa: E402
 
 
 # -------------------------------------------------------------------------- ET proxy
