@@ -17,7 +17,7 @@ from typing import Optional
 from jaxrec import validate
 from jaxrec.data import tasks
 from jaxrec.methods import get_method
-from jaxrec.train import loop
+from jaxrec.train import loop, sharding
 
 
 def run(config, workdir: str, *, dataset=None, task: Optional[tasks.Task] = None,
@@ -36,6 +36,7 @@ def run(config, workdir: str, *, dataset=None, task: Optional[tasks.Task] = None
     # Config and workdir first: a bad value stops the run before any dataset is prepared,
     # checkpoint loaded or step compiled.
     validate.check_config(config, workdir)
+    sharding.set_determinism(config)
     method = get_method(config.method)
     task = task if task is not None else tasks.build_task(config, dataset)
     return loop.train(method, task, config, workdir, stop_after=stop_after,

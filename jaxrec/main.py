@@ -31,6 +31,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)
     config = FLAGS.config
+    sharding.set_determinism(config)       # before any JAX computation
     # Several processes (SLURM, Open MPI, JAX_COORDINATOR_ADDRESS, ...): join the job
     # before any JAX work; a no-op in a single process (jaxrec.train.sharding).
     sharding.initialize_distributed()

@@ -48,3 +48,32 @@ def atomic_directory(path: str):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def build_once(path: str, is_complete, build, name: str = "cache") -> None:
+    """Makes sure the derived artefact at ``path`` exists, built by one process only.
+
+    In a single process: ``build()`` runs when ``is_complete()`` is false. With several JAX
+    processes (multi-host), process 0 builds while the others wait at a barrier, so N hosts
+    never pretrain the same decoder N times or race on one directory; after the barrier every
+    process finds it complete (on a shared filesystem) and loads it. ``build`` must write
+    atomically (:func:`atomic_directory`).
+
+    Raises:
+      FileNotFoundError: after the barrier, a process other than 0 does not see the
+        artefact: the cache directory is not on a filesystem that every host shares (set it
+        to one, e.g. ``$JAXREC_DATA_DIR``).
+    """
+    import jax
+    if jax.process_count() == 1:
+        if not is_complete():
+            build()
+        return
+    from jax.experimental import multihost_utils
+    if jax.process_index() == 0 and not is_complete():
+        build()
+    multihost_utils.sync_global_devices(f"jaxrec build_once {name} {os.path.basename(path)}")
+    if not is_complete():
+        raise FileNotFoundError(f"{path}: process {jax.process_index()} does not see the {name} "
+                                "that process 0 built; put the cache on a filesystem every host "
+                                "shares (JAXREC_DATA_DIR or the config's cache_dir)")

@@ -379,14 +379,20 @@ def get_decoder(section, texts: Sequence[str], *, log_every: int = 0) -> Decoder
     if section.get("checkpoint"):
         return load(str(section.checkpoint))
     path = os.path.join(cache_dir(section), f"decoder-{cache_key(texts, section)}")
-    if os.path.exists(os.path.join(path, INFO_FILE)):
-        return load(path)
-    print(f"pretraining the decoder on {len(texts)} texts ({int(section.pretrain_steps)} steps) -> {path}",
-          file=sys.stderr, flush=True)
-    dec = pretrain(texts, section, log_every=log_every or max(int(section.pretrain_steps) // 5, 1))
-    save(dec, path)
-    dec.info["source"] = path
-    return dec
+    built = []
+
+    def build():
+        print(f"pretraining the decoder on {len(texts)} texts ({int(section.pretrain_steps)} steps) -> {path}",
+              file=sys.stderr, flush=True)
+        dec = pretrain(texts, section, log_every=log_every or max(int(section.pretrain_steps) // 5, 1))
+        save(dec, path)
+        dec.info["source"] = path
+        built.append(dec)
+
+    # One process pretrains, the others wait and load (storage.build_once).
+    storage.build_once(path, lambda: os.path.exists(os.path.join(path, INFO_FILE)), build,
+                       "decoder")
+    return built[0] if built else load(path)
 
 
 # ----------------------------------------------------------------------------- item texts
@@ -487,5 +493,11 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run():
+    """Console script ``jaxrec-pretrain-decoder`` (same flags as ``python -m
+    jaxrec.backbones.decoder_lm``)."""
     raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()

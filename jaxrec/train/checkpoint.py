@@ -157,6 +157,11 @@ class Checkpointer:
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         if jax.process_index() == 0:
             set_aside_incomplete(self.directory)
+        if jax.process_count() > 1:
+            # Every process lists the steps only after process 0 has moved the incomplete
+            # ones aside; otherwise one host could resume from a step another host skips.
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("jaxrec checkpoint listing")
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))

@@ -67,6 +67,32 @@ COMPUTE_DTYPES = {"float32": None, "bfloat16": "BF16_BF16_F32"}
 
 
 # ----------------------------------------------------------------------------- processes
+DETERMINISM_FLAGS = ("--xla_gpu_deterministic_ops=true",)
+
+
+def set_determinism(config) -> bool:
+    """With ``config.train.deterministic``, adds XLA's GPU determinism flags
+    (:data:`DETERMINISM_FLAGS`: deterministic reductions and scatters instead of atomics)
+    to ``XLA_FLAGS``, so a resumed run is bit-exact with an uninterrupted one on a GPU, at
+    some speed cost. CPUs are deterministic already. Must run before the first JAX
+    computation (``jaxrec.main`` and ``experiment.run`` call it first); returns whether the
+    flags are in force, warning when the backend had already started without them."""
+    if not bool(config.get("train", {}).get("deterministic", False)):
+        return False
+    flags_now = os.environ.get("XLA_FLAGS", "")
+    missing = [f for f in DETERMINISM_FLAGS if f not in flags_now]
+    if not missing:
+        return True
+    from jax._src import xla_bridge
+    if getattr(xla_bridge, "_backends", None):
+        logging.warning("config.train.deterministic: JAX's backend is already initialised, so "
+                        "%s cannot take effect in this process; set XLA_FLAGS before "
+                        "starting Python", " ".join(missing))
+        return False
+    os.environ["XLA_FLAGS"] = " ".join([flags_now, *missing]).strip()
+    return True
+
+
 def initialize_distributed(mode: Optional[str] = None) -> bool:
     """``jax.distributed.initialize()`` when this process is one of several.
 
@@ -120,6 +146,11 @@ def mesh_shape(config, num_devices: Optional[int] = None) -> tuple[int, int]:
     model = int(m.get("model", 1)) if m is not None else 1
     if data == -1 and model == -1:
         raise ValueError("config.mesh.data and config.mesh.model are both -1; fix one")
+    if (data, model) == (1, 1) and jax.process_count() > 1:
+        # Several processes with the default mesh: one device each would train the same
+        # model apart (and write over each other's checkpoints). Use every device for data
+        # parallelism instead, as a user launching N processes means.
+        data = n
     if model == -1:
         model = n // max(data, 1)
     if data == -1:

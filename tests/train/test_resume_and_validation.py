@@ -134,3 +134,33 @@ def test_config_changes_lists_fields():
     a = {"train": {"num_steps": 2, "batch_size": 8}, "optim": {"lr": 0.1}}
     b = {"train": {"num_steps": 9, "batch_size": 8}, "optim": {"lr": 0.2}, "x": 1}
     assert loop.config_changes(a, b) == ["optim.lr: 0.1 -> 0.2", "x: '<absent>' -> 1"]
+
+
+def test_deterministic_sets_xla_gpu_flags_before_the_backend_starts(tmp_path):
+    import subprocess
+    import sys
+    code = ("import os, ml_collections, jax\n"
+            "from jaxrec.train import sharding\n"
+            "c = ml_collections.ConfigDict({'train': {'deterministic': True}})\n"
+            "assert sharding.set_determinism(c)\n"
+            "jax.numpy.ones(1).block_until_ready()\n"
+            "print(os.environ['XLA_FLAGS'])\n"
+            "assert not sharding.set_determinism(ml_collections.ConfigDict({'train': {}}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--xla_gpu_deterministic_ops=true" in out.stdout
+
+
+def test_several_processes_with_the_default_mesh_use_every_device_for_data(monkeypatch):
+    import jax
+    import ml_collections
+    from jaxrec.train import sharding
+    c = ml_collections.ConfigDict({"mesh": {"data": 1, "model": 1}})
+    assert sharding.mesh_shape(c, num_devices=8) == (1, 1)      # one process: unsharded
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert sharding.mesh_shape(c, num_devices=8) == (8, 1)
+    c.mesh.model = 2
+    with pytest.raises(ValueError, match="config.mesh.data=1 x config.mesh.model=2"):
+        sharding.mesh_shape(c, num_devices=8)
