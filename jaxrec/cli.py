@@ -67,8 +67,39 @@ def run(main: Callable[[list], Optional[int]], argv: Optional[Sequence[str]] = N
       argv: the command line including the program name; ``sys.argv`` when None.
     """
     define_flags()
-    app.run(_guarded(main), argv=None if argv is None else list(argv),
-            flags_parser=_parse_flags)
+    argv = resolve_config_args(sys.argv if argv is None else argv)
+    app.run(_guarded(main), argv=argv, flags_parser=_parse_flags)
+
+
+def resolve_config_args(argv: Sequence[str]) -> list:
+    """``--config=NAME[:args]`` with a registered name (``sqn:smoke``) or the
+    ``configs/<name>.py`` form becomes the packaged file's path, which ml_collections'
+    config flag then loads (:func:`jaxrec.configs.resolve`); a real path is kept."""
+    from jaxrec import configs
+    out, it = [argv[0]] if argv else [], iter(list(argv)[1:])
+    for a in it:
+        if a == "--":
+            out.append(a)
+            out.extend(it)
+            break
+        for prefix in ("--config=", "-config="):
+            if a.startswith(prefix):
+                file, arg = configs.split_spec(a[len(prefix):])
+                if not os.path.isfile(file):
+                    fail(f"--config: no config file {file!r} and no registered config of that "
+                         f"name; registered: {', '.join(configs.names())} (e.g. "
+                         f"--config=sqn:smoke), or give a path to a config file")
+                a = prefix + file + (f":{a.partition(':')[2]}" if ":" in a[len(prefix):] else "")
+                break
+        else:
+            if a in ("--config", "-config"):
+                value = next(it, None)
+                if value is not None:
+                    file, _ = configs.split_spec(value)
+                    out.extend([a, file + (f":{value.partition(':')[2]}" if ":" in value else "")])
+                    continue
+        out.append(a)
+    return out
 
 
 def message(exc: BaseException) -> str:

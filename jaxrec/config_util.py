@@ -97,9 +97,13 @@ def parse_arg(arg: Optional[str], allowed: dict) -> dict:
 
 
 def load_config_file(path: str, arg: str = ""):
-    """Runs ``get_config(arg)`` of a config file given by path, as ``--config=path:arg``
-    does (for scripts and tests that do not go through absl flags)."""
+    """Runs ``get_config(arg)`` of a config file, as ``--config=path:arg`` does (for scripts
+    and tests that do not go through absl flags). ``path`` may also be a registered name
+    (``'sqn'``) or ``configs/<name>.py`` (:func:`jaxrec.configs.resolve`)."""
     import importlib.util
+
+    from jaxrec import configs
+    path = configs.resolve(path)
     spec = importlib.util.spec_from_file_location(
         "jaxrec_config_" + os.path.splitext(os.path.basename(path))[0], path)
     if spec is None or spec.loader is None:

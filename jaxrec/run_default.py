@@ -29,15 +29,13 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)
     root = FLAGS.workdir or tempfile.mkdtemp(prefix="jaxrec_run_")
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    configs = os.path.join(here, "configs")
     ds = prep.load("synthetic")
     print("Synthetic dataset (embedded default):")
     print(dataset_table(ds))
     rows = {}
     for label, cfg_file in (("SASRec", "supervised.py"), ("SASRec-SQN", "sqn.py"),
                             ("SASRec-SA2C", "sa2c.py")):
-        config = config_util.load_config_file(os.path.join(configs, cfg_file),
+        config = config_util.load_config_file(cfg_file,
                                               "dataset=synthetic,encoder=sasrec")
         if FLAGS.epochs:
             config.train.num_epochs = FLAGS.epochs

@@ -123,8 +123,9 @@ def test_config_file_errors_are_one_line(program, tmp_path):
                 "unknown config argument 'bogus'", "accepted: n, smoke")
     _user_error(program("--config=cfg.py:n=many"), "config file cfg.py",
                 "invalid literal for int()", "'many'")
-    _user_error(program("--config=absent.py:smoke"), "'absent.py' does not exist")
-    _user_error(program("--config=absent.py", "--config.n=2"), "'absent.py' does not exist")
+    _user_error(program("--config=absent.py:smoke"), "no config file 'absent.py'",
+                "registered: gaze_reward, iisan")
+    _user_error(program("--config=absent.py", "--config.n=2"), "no config file 'absent.py'")
     (tmp_path / "broken.py").write_text("import ml_collections\ndef get_config(arg:\n")
     _user_error(program("--config=broken.py"), "config file broken.py, line 2",
                 "SyntaxError")

@@ -8,8 +8,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def get_config(name, arg=""):
-    """``configs/<name>:<arg>`` as ``--config`` would load it."""
-    return config_util.load_config_file(os.path.join(ROOT, "configs", name), arg)
+    """The packaged config ``<name>`` (``'sqn.py'`` or ``'sqn'``) with ``arg``, as
+    ``--config=<name>:<arg>`` would load it."""
+    return config_util.load_config_file(name, arg)
 
 
 def run_main(args, workdir, timeout: int = 600, env: dict | None = None):
