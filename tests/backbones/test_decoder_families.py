@@ -224,6 +224,10 @@ def hf_config(kind):
         return transformers.Gemma2Config(**COMMON, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=24,
                                          attn_logit_softcapping=1.5, final_logit_softcapping=4.0,
                                          sliding_window=3).to_dict()
+    if kind == "gemma2-nocap":  # caps disabled (null): the scale goes through the uncapped kernel
+        return transformers.Gemma2Config(**COMMON, num_hidden_layers=2, head_dim=16, query_pre_attn_scalar=24,
+                                         attn_logit_softcapping=None, final_logit_softcapping=None,
+                                         sliding_window=3).to_dict()
     if kind == "qwen2":
         # layer 0 global, layer 1 windowed (from max_window_layers = 1); tied head.
         return transformers.Qwen2Config(**COMMON, num_hidden_layers=2, use_sliding_window=True, sliding_window=3,
@@ -358,7 +362,7 @@ def test_llama31_rope_scaling_matches_hf_flax_with_scaled_frequencies(family, hf
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["llama3.2", "llama-linear", "gemma2", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama3.2", "llama-linear", "gemma2", "gemma2-nocap", "qwen2"])
 def test_family_matches_numpy_reference(family, kind):
     fam = family(kind)
     ids, mask = _batch(3)
@@ -529,15 +533,16 @@ def test_abstract_params_match_loaded_and_initialised(family):
     _, loaded = load_llama(str(fam["ckpt"]), frozen=True, lora_rank=2, adapter_size=4)
     spec = jax.tree.map(lambda a: (a.shape, a.dtype), abstract_params(cfg, jnp.bfloat16))
     assert jax.tree.map(lambda a: (a.shape, a.dtype), loaded) == spec
-    assert jax.tree.map(lambda a: (a.shape, a.dtype), init_params(cfg, weights_dtype=jnp.bfloat16)) == spec
-    # init_params keeps the PEFT values of a plain init and rounds the rest
-    plain = jax.jit(lambda r: LlamaModel(cfg).init(r, jnp.zeros((1, 1), jnp.int32))["params"])(jax.random.key(0))
-    got = init_params(cfg, jax.random.key(0), jnp.bfloat16)
-    for path, leaf in traverse_util.flatten_dict(plain).items():
-        want = np.asarray(leaf)
-        if not any(re.search(p, hf.path_str(path)) for p in PEFT_KEEP_PATTERNS):
-            want = want.astype(ml_dtypes.bfloat16)
-        np.testing.assert_array_equal(np.asarray(traverse_util.flatten_dict(got)[path]), want)
+    fresh = init_params(cfg, jax.random.key(0), jnp.bfloat16)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), fresh) == spec
+    # flax derives each leaf's key from its path: the PEFT leaves of a random init equal the
+    # loader's (same key), whatever else the tree holds
+    peft = [p for p in traverse_util.flatten_dict(fresh)
+            if any(re.search(pat, hf.path_str(p)) for pat in PEFT_KEEP_PATTERNS)]
+    assert len(peft) == 2 * (4 + 8)
+    for p in peft:
+        np.testing.assert_array_equal(np.asarray(traverse_util.flatten_dict(fresh)[p]),
+                                      np.asarray(traverse_util.flatten_dict(loaded)[p]))
 
 
 # ---------------------------------------------------------------------------------------------
