@@ -1,9 +1,9 @@
 """Loading Hugging Face checkpoints (safetensors + config.json) into linen parameter trees.
 
-Paper context: IISAN (Fu et al., SIGIR 2024), spec `iisan.md` §1.1 — the frozen backbones are
-the public Hugging Face checkpoints (`bert-base-uncased`, `google/vit-base-patch16-224`, ...);
-IISAN-Versa (arXiv 2411.02992) §2.2 adds decoder LLMs. jaxrec writes those backbones itself in
-linen and reads the checkpoint files directly, without torch (DESIGN.md, "Own backbones").
+Paper context: IISAN (Fu et al., SIGIR 2024) — the frozen backbones are the public Hugging Face
+checkpoints (`bert-base-uncased`, `google/vit-base-patch16-224`, ...); IISAN-Versa
+(arXiv 2411.02992) adds decoder LLMs (Llama, Gemma, Mistral). jaxrec writes those backbones
+itself in linen and reads the checkpoint files directly, without torch.
 
 What a hub checkpoint looks like on disk (this is what the functions below expect):
 
@@ -23,8 +23,11 @@ sees the whole picture (e.g. "wrong architecture": dozens of missing and unexpec
 rather than fixing one tensor per run.
 
 :func:`load_backbone` is the whole loading path shared by ``load_bert`` / ``load_vit`` /
-``load_llama``: read the tensors, build a template whose PEFT leaves alone are initialised
-(:func:`template_params`), fill it, and return a :class:`LoadedBackbone` ``(config, params)``.
+``load_llama``: open the files (:class:`CheckpointTensors`: headers only), build a template
+whose PEFT leaves alone are initialised (:func:`template_params`, optionally retyped by
+:func:`with_weights_dtype`), check every name and shape, then read, convert and place one
+tensor at a time, and return a :class:`LoadedBackbone` ``(config, params)``. Peak host memory
+is then about one tensor beyond the loaded parameters, whatever the checkpoint's size.
 
 This module is shared by every backbone (BERT, ViT, Llama-family); its public API is kept stable.
 """

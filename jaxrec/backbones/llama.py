@@ -1,23 +1,52 @@
-"""Llama-family decoder-only transformers (Llama, Mistral, Gemma) in flax.linen.
+"""Llama-family decoder-only transformers (Llama 2/3/3.1/3.2, Mistral, Gemma, Gemma-2, Qwen2) in flax.linen.
 
 Papers:
   * Touvron et al., "LLaMA: Open and Efficient Foundation Language Models", arXiv 2302.13971,
     §2.2 (pre-normalisation with RMSNorm, SwiGLU FFN, rotary position embeddings); grouped-query
     attention as in Llama 2 (Touvron et al., arXiv 2307.09288, §2.2) and Ainslie et al., GQA,
     EMNLP 2023.
+  * Llama Team, "The Llama 3 Herd of Models", arXiv 2407.21783 (RoPE base 500000); the
+    frequency-dependent RoPE scaling released with the Llama 3.1 weights
+    (``rope_scaling.rope_type = "llama3"``, :func:`rope_inv_freq`); Chen et al., "Extending
+    Context Window of Large Language Models via Positional Interpolation", arXiv 2306.15595
+    (``"linear"``).
   * Jiang et al., "Mistral 7B", arXiv 2310.06825, §2 (sliding-window attention).
   * Gemma Team, "Gemma: Open Models Based on Gemini Research and Technology",
     arXiv 2403.08295, §2 (GeGLU with tanh-GELU, head_dim independent of the width, embeddings
     scaled by sqrt(width), RMSNorm scale stored as an offset from 1, tied embeddings).
+  * Gemma Team, "Gemma 2: Improving Open Language Models at a Practical Size",
+    arXiv 2408.00118, §2 (local sliding-window and global attention on alternating layers,
+    attention and final logit soft-capping, pre- and post-norm around each sublayer,
+    ``query_pre_attn_scalar``).
+  * Yang et al., "Qwen2 Technical Report", arXiv 2407.10671, §2 (GQA, QKV bias); the Hugging
+    Face Qwen2 configuration adds optional sliding-window attention on the upper layers.
 
-Used in jaxrec as the frozen/LoRA-tuned decoder of PERSOMA and GazeReward (spec ``llm.md``
-§1.2, §2, §3: tiny decoder with ``inputs_embeds`` and optional q/v LoRA), as LEA's LLM
-(``rl.md``) and as IISAN-Versa's LLM text encoder (``iisan.md`` §2.2, via ``hidden_states``).
+Used in jaxrec as the frozen / LoRA-tuned decoder of PERSOMA (Hebert et al., arXiv 2408.00960)
+and GazeReward (Lopez-Cardona et al., ICLR 2025, reward models on Llama-3-8B / Mistral-7B), as
+LEA's LLM, and as IISAN-Versa's LLM text encoder (Fu et al., arXiv 2411.02992: LLaMA-2/3,
+Gemma and Mistral towers read through ``hidden_states``).
 
 Checkpoints are Hugging Face PyTorch-layout safetensors (``model.layers.0.self_attn.q_proj.weight``
 ...), read without torch through :mod:`jaxrec.backbones.hf` by :func:`load_llama`. The
-numerical reference in tests is transformers 4.57.6's ``FlaxLlamaForCausalLM`` /
-``FlaxMistralForCausalLM`` / ``FlaxGemmaForCausalLM``.
+numerical references in tests are transformers 4.57.6's ``FlaxLlamaForCausalLM`` /
+``FlaxMistralForCausalLM`` / ``FlaxGemmaForCausalLM`` and, for what transformers has no Flax
+class for (Gemma-2, Qwen2, RoPE scaling, tied Llama heads), a float64 NumPy forward pass.
+
+Loading big models (:func:`load_llama`'s keyword arguments beyond the config overrides):
+
+* ``weights_dtype`` — dtype of the leaves read from the checkpoint (``jnp.bfloat16`` halves the
+  memory of a frozen 7-8B model); each tensor is converted as it is read and put on the device
+  before the next one, and the parameter template comes from ``jax.eval_shape`` (the pretrained
+  weights are never randomly initialised), so the host holds about one tensor at a time.
+* ``frozen`` — the pretrained weights will not be trained: ``weights_dtype`` defaults to
+  bfloat16. PEFT leaves (LoRA factors, Houlsby adapters) are always initialised in the config's
+  ``param_dtype`` (float32). Without either argument everything is float32, as before.
+* :func:`abstract_params` gives the parameter tree as ``jax.ShapeDtypeStruct`` leaves from a
+  config alone (to compile a 7-8B step without weights); :func:`init_params` random weights in
+  the same dtypes.
+* LoRA (``lora_rank``), bfloat16 compute (``dtype``), bf16 storage (``weights_dtype``) and
+  per-layer rematerialisation (``remat``) compose: ``LoRADense`` casts the bf16 kernel and the
+  float32 factors to the compute dtype, so the LoRA gradients come back in float32.
 
 Conventions and where they differ from the HF Flax reference (all documented, all tested):
 
@@ -31,7 +60,7 @@ Conventions and where they differ from the HF Flax reference (all documented, al
 * **Fully masked rows.** Like HF, masked scores are set to the float32 minimum, so a query with
   no visible key (a left-padding token) attends uniformly; outputs at padding positions are
   meaningless but finite and equal to HF's.
-* **Sliding window** (Mistral): key ``j`` is visible from query ``i`` iff ``i - W < j <= i``,
+* **Sliding window** (Mistral; Gemma-2 and Qwen2 on the layers ``layer_types`` names): key ``j`` is visible from query ``i`` iff ``i - W < j <= i``,
   i.e. ``W`` tokens including the current one — the convention of HF PyTorch
   (``masking_utils.sliding_window_overlay``) and flash-attention. HF *Flax* Mistral keeps
   ``W + 1`` tokens (``triu(k=-W)``), and with ``sliding_window=None`` it keeps only the
@@ -691,8 +720,8 @@ class LlamaDecoderLayer(nn.Module):
 
     With ``adapter_size > 0``, Houlsby adapters ``adapter_attn`` / ``adapter_ffn`` wrap the
     attention output (after ``o_proj``) and the FFN output (after ``down_proj``) before each
-    residual add (Houlsby et al. 2019, Fig. 2, placed as in IISAN's Adapter baseline, spec
-    ``iisan.md`` §1.12; a pre-norm block has no post-residual LayerNorm; with sandwich norms the
+    residual add (Houlsby et al. 2019, Fig. 2, placed as in IISAN's Adapter baseline,
+    Fu et al., SIGIR 2024; a pre-norm block has no post-residual LayerNorm; with sandwich norms the
     adapter comes after the sublayer's output norm, right before the add).
     """
 
