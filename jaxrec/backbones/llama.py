@@ -60,11 +60,11 @@ Conventions and where they differ from the HF Flax reference (all documented, al
 * **Fully masked rows.** Like HF, masked scores are set to the float32 minimum, so a query with
   no visible key (a left-padding token) attends uniformly; outputs at padding positions are
   meaningless but finite and equal to HF's.
-* **Sliding window** (Mistral; Gemma-2 and Qwen2 on the layers ``layer_types`` names): key ``j`` is visible from query ``i`` iff ``i - W < j <= i``,
-  i.e. ``W`` tokens including the current one — the convention of HF PyTorch
-  (``masking_utils.sliding_window_overlay``) and flash-attention. HF *Flax* Mistral keeps
-  ``W + 1`` tokens (``triu(k=-W)``), and with ``sliding_window=None`` it keeps only the
-  diagonal (a bug); our ``None`` means no window.
+* **Sliding window** (Mistral; Gemma-2 and Qwen2 on the layers ``layer_types`` names): key
+  ``j`` is visible from query ``i`` iff ``i - W < j <= i``, i.e. ``W`` tokens including the
+  current one — the convention of HF PyTorch (``masking_utils.sliding_window_overlay``) and
+  flash-attention. HF *Flax* Mistral keeps ``W + 1`` tokens (``triu(k=-W)``), and with
+  ``sliding_window=None`` it keeps only the diagonal (a bug); our ``None`` means no window.
 * **rope_theta** is honoured (Llama 3 uses 500000); HF Flax hard-codes 10000.
 * **tie_word_embeddings** is honoured for every variant; HF Flax Llama/Mistral ignore it.
 * **RMSNorm** is computed in float32 and cast to the compute dtype after the scale, as HF
