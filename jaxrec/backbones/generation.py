@@ -1,7 +1,7 @@
 """Greedy and top-k decoding for :class:`jaxrec.backbones.llama.LlamaModel` with a KV cache.
 
-Used by PERSOMA's generation evaluator (spec ``llm.md`` §1: the decoder generates the genre
-string after a soft prompt) and by anything else that decodes from the Llama-family decoder.
+Used by PERSOMA's generation evaluator (Hebert et al., arXiv 2408.00960: the decoder generates
+the genre string after a soft prompt) and by anything else that decodes from the Llama-family decoder.
 The prompt may be token ids or ``inputs_embeds`` (soft prompts, :mod:`jaxrec.peft.soft_prompt`),
 and must be **left-padded** so that every row's next token goes to the same cache slot.
 

@@ -1,9 +1,9 @@
 """Loading Hugging Face checkpoints (safetensors + config.json) into linen parameter trees.
 
-Paper context: IISAN (Fu et al., SIGIR 2024), spec `iisan.md` §1.1 — the frozen backbones are
-the public Hugging Face checkpoints (`bert-base-uncased`, `google/vit-base-patch16-224`, ...);
-IISAN-Versa (arXiv 2411.02992) §2.2 adds decoder LLMs. jaxrec writes those backbones itself in
-linen and reads the checkpoint files directly, without torch (DESIGN.md, "Own backbones").
+Paper context: IISAN (Fu et al., SIGIR 2024) — the frozen backbones are the public Hugging Face
+checkpoints (`bert-base-uncased`, `google/vit-base-patch16-224`, ...); IISAN-Versa
+(arXiv 2411.02992) adds decoder LLMs (Llama, Gemma, Mistral). jaxrec writes those backbones
+itself in linen and reads the checkpoint files directly, without torch.
 
 What a hub checkpoint looks like on disk (this is what the functions below expect):
 
@@ -23,8 +23,11 @@ sees the whole picture (e.g. "wrong architecture": dozens of missing and unexpec
 rather than fixing one tensor per run.
 
 :func:`load_backbone` is the whole loading path shared by ``load_bert`` / ``load_vit`` /
-``load_llama``: read the tensors, build a template whose PEFT leaves alone are initialised
-(:func:`template_params`), fill it, and return a :class:`LoadedBackbone` ``(config, params)``.
+``load_llama``: open the files (:class:`CheckpointTensors`: headers only), build a template
+whose PEFT leaves alone are initialised (:func:`template_params`, optionally retyped by
+:func:`with_weights_dtype`), check every name and shape, then read, convert and place one
+tensor at a time, and return a :class:`LoadedBackbone` ``(config, params)``. Peak host memory
+is then about one tensor beyond the loaded parameters, whatever the checkpoint's size.
 
 This module is shared by every backbone (BERT, ViT, Llama-family); its public API is kept stable.
 """
@@ -57,6 +60,8 @@ __all__ = [
     "dense_entries",
     "layer_norm_entries",
     "template_params",
+    "with_weights_dtype",
+    "CheckpointTensors",
     "LoadedBackbone",
     "load_backbone",
 ]
@@ -230,29 +235,104 @@ def _shard_plan(ckpt_dir: str | os.PathLike) -> dict[Path, list[str] | None]:
     )
 
 
+def _open_safetensors(file: Path, ckpt_dir: str | os.PathLike):
+    """``safe_open`` on one file; a truncated or corrupt file becomes a CheckpointError naming it."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(file), framework="np")
+    except Exception as e:  # safetensors raises its own SafetensorError (not a ValueError)
+        raise CheckpointError(
+            f"{str(file)!r} in checkpoint {str(ckpt_dir)!r} is not a readable safetensors file "
+            f"(truncated or corrupt?): {e}",
+            ckpt_dir,
+        ) from e
+
+
+class CheckpointTensors(Mapping):
+    """The tensors of a (possibly sharded) safetensors checkpoint, read one at a time on access.
+
+    Opening reads only the file headers (names, shapes, dtypes); ``tensors[name]`` reads that
+    one tensor's data. Loaders convert and place each tensor before reading the next, so the
+    host never holds the whole checkpoint in its stored dtype next to its converted copy.
+    Usable as a context manager (closes the files) and wherever a ``{name: array}`` mapping is
+    expected (:func:`assign_params`).
+
+    Raises (on construction):
+      CheckpointError: a missing directory / file, a bad index, a shard the index names but
+        that is absent, a tensor the index places in a file that lacks it, or a truncated /
+        corrupt safetensors file (the message names the directory and the file).
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike):
+        self.ckpt_dir = ckpt_dir
+        self._files: dict[Path, Any] = {}
+        self._where: dict[str, Path] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
+        try:
+            for file, names in _shard_plan(ckpt_dir).items():
+                f = self._files[file] = _open_safetensors(file, ckpt_dir)
+                keys = set(f.keys())
+                for name in sorted(keys) if names is None else names:
+                    if name not in keys:
+                        raise CheckpointError(
+                            f"{SAFETENSORS_INDEX_FILE} in {str(ckpt_dir)!r} places tensor {name!r} in "
+                            f"{file.name!r}, but that file does not contain it",
+                            ckpt_dir,
+                        )
+                    sl = f.get_slice(name)
+                    self._where[name] = file
+                    self._meta[name] = (tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype()))
+        except BaseException:
+            self.close()
+            raise
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape of ``name``, from the header (no data read)."""
+        return self._meta[name][0]
+
+    def dtype_str(self, name: str) -> str:
+        """The safetensors dtype string of ``name`` (``"F32"``, ``"BF16"``...)."""
+        return self._meta[name][1]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        file = self._where[name]
+        try:
+            return self._files[file].get_tensor(name)
+        except Exception as e:
+            raise CheckpointError(
+                f"cannot read tensor {name!r} from {str(file)!r} in checkpoint {str(self.ckpt_dir)!r}: {e}",
+                self.ckpt_dir,
+            ) from e
+
+    def __iter__(self):
+        return iter(self._meta)
+
+    def __len__(self) -> int:
+        return len(self._meta)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._meta
+
+    def close(self) -> None:
+        """Releases the open files (the mapping is unusable afterwards)."""
+        self._files.clear()
+
+    def __enter__(self) -> "CheckpointTensors":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def safetensors_names(ckpt_dir: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
     """Lists the tensors of a checkpoint without reading their data.
 
     Returns:
       ``{tensor name: (shape, safetensors dtype string such as "F32" or "BF16")}``.
     """
-    from safetensors import safe_open
-
-    out: dict[str, tuple[tuple[int, ...], str]] = {}
-    for file, names in _shard_plan(ckpt_dir).items():
-        with safe_open(str(file), framework="np") as f:
-            keys = set(f.keys())
-            wanted = sorted(keys) if names is None else names
-            for name in wanted:
-                if name not in keys:
-                    raise CheckpointError(
-                        f"{SAFETENSORS_INDEX_FILE} places tensor {name!r} in {file.name!r}, "
-                        "but that file does not contain it",
-                        ckpt_dir,
-                    )
-                sl = f.get_slice(name)
-                out[name] = (tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype()))
-    return out
+    with CheckpointTensors(ckpt_dir) as t:
+        return {name: (t.shape(name), t.dtype_str(name)) for name in t}
 
 
 def read_safetensors(ckpt_dir: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -260,7 +340,8 @@ def read_safetensors(ckpt_dir: str | os.PathLike, names: Iterable[str] | None = 
 
     Handles a single ``model.safetensors`` or shards listed in ``model.safetensors.index.json``
     (the index's ``weight_map`` decides which shard each tensor is read from). bfloat16 tensors
-    come back as ``ml_dtypes.bfloat16`` arrays (the dtype JAX uses), no torch involved.
+    come back as ``ml_dtypes.bfloat16`` arrays (the dtype JAX uses), no torch involved. To load
+    a large model, prefer :class:`CheckpointTensors` (one tensor in memory at a time).
 
     Args:
       ckpt_dir: the checkpoint directory.
@@ -270,31 +351,14 @@ def read_safetensors(ckpt_dir: str | os.PathLike, names: Iterable[str] | None = 
     Returns:
       ``{tensor name: array}`` with the stored (PyTorch) names, shapes and dtypes.
     """
-    from safetensors import safe_open
-
-    wanted = None if names is None else set(names)
-    out: dict[str, np.ndarray] = {}
-    for file, file_names in _shard_plan(ckpt_dir).items():
-        with safe_open(str(file), framework="np") as f:
-            keys = set(f.keys())
-            candidates = sorted(keys) if file_names is None else file_names
-            for name in candidates:
-                if wanted is not None and name not in wanted:
-                    continue
-                if name not in keys:
-                    raise CheckpointError(
-                        f"{SAFETENSORS_INDEX_FILE} places tensor {name!r} in {file.name!r}, "
-                        "but that file does not contain it",
-                        ckpt_dir,
-                    )
-                out[name] = f.get_tensor(name)
-    if wanted is not None and wanted - out.keys():
-        raise CheckpointError(
-            f"tensors not found in checkpoint {str(ckpt_dir)!r}: {sorted(wanted - out.keys())}",
-            ckpt_dir,
-            missing=sorted(wanted - out.keys()),
-        )
-    return out
+    with CheckpointTensors(ckpt_dir) as t:
+        wanted = list(t) if names is None else list(names)
+        absent = sorted(set(wanted) - set(t))
+        if absent:
+            raise CheckpointError(
+                f"tensors not found in checkpoint {str(ckpt_dir)!r}: {absent}", ckpt_dir, missing=absent
+            )
+        return {name: t[name] for name in wanted}
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,6 +370,40 @@ def _matches(patterns: Sequence[str], name: str) -> bool:
     return any(re.search(p, name) for p in patterns)
 
 
+def _stored_shape(tensors: Mapping[str, Any], name: str) -> tuple[int, ...]:
+    """A tensor's stored shape without reading its data when ``tensors`` is lazy."""
+    if isinstance(tensors, CheckpointTensors):
+        return tensors.shape(name)
+    return tuple(np.shape(tensors[name]))
+
+
+# Shape of a layout transform's output from its input shape (None: the transform rejects that
+# rank), so shapes are checked from the file headers before any data is read.
+_TRANSFORM_SHAPES: dict[Any, Callable[[tuple[int, ...]], tuple[int, ...] | None]] = {
+    linear_kernel: lambda s: (s[1], s[0]) if len(s) == 2 else None,
+    conv_kernel: lambda s: (s[2], s[3], s[1], s[0]) if len(s) == 4 else None,
+}
+
+
+def _check_shape(name, transform, stored, expected, mismatched) -> bool:
+    """Appends ``(name, expected, found)`` to ``mismatched`` unless the transformed shape fits.
+
+    ``found`` is the transformed shape, or the stored one when the transform rejects its rank.
+    Transforms without a shape rule are checked after reading (returns True here).
+    """
+    if transform is None:
+        found = stored
+    elif transform in _TRANSFORM_SHAPES:
+        found = _TRANSFORM_SHAPES[transform](stored)
+        found = stored if found is None else found
+    else:
+        return True
+    if tuple(found) != tuple(expected):
+        mismatched.append((name, tuple(expected), tuple(found)))
+        return False
+    return True
+
+
 def assign_params(
     template_params: Mapping,
     mapping: ParamMapping,
@@ -314,6 +412,7 @@ def assign_params(
     *,
     ignorable: Sequence[str] = (),
     keep: Sequence[str] = (),
+    put: Callable[[np.ndarray], Any] | None = None,
 ) -> dict:
     """Builds a parameter tree shaped like ``template_params`` from checkpoint tensors.
 
@@ -324,21 +423,30 @@ def assign_params(
     consumed unless its name matches an ``ignorable`` regex (e.g. task heads, ``position_ids``
     buffers, a pooler that the model does not build).
 
+    Names and shapes are checked first (from the headers when ``tensors`` is a
+    :class:`CheckpointTensors`), so a checkpoint that does not fit fails before any data is
+    read. Then each tensor is read, cast to its template leaf's dtype, put into its layout and
+    handed to ``put`` before the next one is read: host memory holds the converted leaves plus
+    one tensor in flight.
+
     Args:
       template_params: nested dict of arrays or ``jax.ShapeDtypeStruct`` (``jax.eval_shape``
         of ``init`` avoids materialising random weights for big models). Only shapes and dtypes
         are read, except for ``keep`` leaves, which must be concrete arrays.
       mapping: ``{our path tuple: (checkpoint tensor name, transform or None)}``; the transform
         turns the stored PyTorch-layout array into our layout (:func:`linear_kernel`, ...).
-      tensors: ``{name: array}`` as returned by :func:`read_safetensors`.
+      tensors: ``{name: array}`` as returned by :func:`read_safetensors`, or a lazy
+        :class:`CheckpointTensors`.
       ckpt_dir: named in error messages.
       ignorable: regexes (``re.search``) over tensor names that may stay unused.
       keep: regexes over our '/'-joined parameter paths whose template values are kept.
+      put: applied to each converted leaf (e.g. ``jax.device_put``); default: keep the NumPy
+        array.
 
     Returns:
-      A nested dict with the template's structure whose leaves are host NumPy arrays cast to
-      the template leaf dtype (float32 parameters stay float32 even when the file is bf16).
-      The caller decides where to put them (``jax.device_put`` with or without a sharding).
+      A nested dict with the template's structure whose leaves are ``put(array)`` (host NumPy
+      arrays by default) in the template leaf dtype: float32 parameters stay float32 even
+      when the file is bf16, bf16 ones are rounded from a float32 file.
 
     Raises:
       CheckpointError: listing, in one message, every missing tensor, every unexpected tensor,
@@ -355,8 +463,10 @@ def assign_params(
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
     unmapped: list[str] = []
     used: set[str] = set()
+    to_read: list[ParamPath] = []
     flat_out: dict[ParamPath, Any] = {}
 
+    # Pass 1: names and shapes only.
     for path, leaf in flat_template.items():
         if path in mapping:
             name, transform = mapping[path]
@@ -364,18 +474,8 @@ def assign_params(
                 missing.append(name)
                 continue
             used.add(name)
-            value = np.asarray(tensors[name])
-            if transform is not None:
-                try:
-                    value = transform(value)
-                except ValueError:
-                    # The transform itself rejects the rank; report it as a shape mismatch.
-                    mismatched.append((name, tuple(leaf.shape), tuple(value.shape)))
-                    continue
-            if tuple(value.shape) != tuple(leaf.shape):
-                mismatched.append((name, tuple(leaf.shape), tuple(value.shape)))
-                continue
-            flat_out[path] = np.asarray(value, dtype=leaf.dtype)
+            if _check_shape(name, transform, _stored_shape(tensors, name), leaf.shape, mismatched):
+                to_read.append(path)
         elif _matches(keep, path_str(path)):
             if not hasattr(leaf, "__array__"):
                 raise ValueError(
@@ -385,23 +485,23 @@ def assign_params(
             flat_out[path] = leaf
         else:
             unmapped.append(path_str(path))
-
     unexpected = sorted(n for n in tensors if n not in used and not _matches(ignorable, n))
-    if missing or unexpected or mismatched or unmapped:
+
+    def fail():
         lines = [f"checkpoint {str(ckpt_dir)!r} does not fit the model:"]
         if missing:
             lines.append(f"  missing tensors ({len(missing)}):")
             lines += [f"    {n}" for n in sorted(missing)]
         if unexpected:
             lines.append(f"  unexpected tensors ({len(unexpected)}), not used by the model:")
-            lines += [f"    {n} {tuple(np.shape(tensors[n]))}" for n in unexpected]
+            lines += [f"    {n} {_stored_shape(tensors, n)}" for n in unexpected]
         if mismatched:
             lines.append(f"  mis-shaped tensors ({len(mismatched)}), expected vs found (after layout transform):")
             lines += [f"    {n}: expected {e}, found {f}" for n, e, f in sorted(mismatched)]
         if unmapped:
             lines.append(f"  model parameters with no checkpoint source ({len(unmapped)}):")
             lines += [f"    {p}" for p in sorted(unmapped)]
-        raise CheckpointError(
+        return CheckpointError(
             "\n".join(lines),
             ckpt_dir,
             missing=sorted(missing),
@@ -409,6 +509,28 @@ def assign_params(
             mismatched=sorted(mismatched),
             unmapped=sorted(unmapped),
         )
+
+    if missing or unexpected or mismatched or unmapped:
+        raise fail()
+    # Pass 2: read, cast, transform and place one tensor at a time.
+    for path in to_read:
+        leaf = flat_template[path]
+        name, transform = mapping[path]
+        # Cast first: a float32 file read into bf16 leaves never holds a float32 copy twice.
+        value = np.asarray(tensors[name]).astype(leaf.dtype, copy=False)
+        if transform is not None:
+            try:
+                value = transform(value)
+            except ValueError:
+                value = None  # the transform rejects the rank
+            if value is None or tuple(value.shape) != tuple(leaf.shape):
+                mismatched.append((name, tuple(leaf.shape), _stored_shape(tensors, name) if value is None
+                                   else tuple(value.shape)))
+                continue
+        flat_out[path] = value if put is None else put(value)
+        del value
+    if mismatched:
+        raise fail()
     return traverse_util.unflatten_dict(flat_out)
 
 
@@ -431,7 +553,7 @@ def template_params(module: Any, inputs: Sequence[Any], rng: jax.Array | None = 
         over '/'-joined paths: only matching leaves are arrays — the template
         :func:`assign_params` wants, with fresh PEFT leaves and abstract pretrained ones. Under
         ``jit`` XLA then drops the random init of the (possibly billions of) pretrained weights
-        as dead code.
+        as dead code; with no matching leaf nothing is computed at all.
 
     Returns:
       The nested ``params`` dict.
@@ -452,6 +574,29 @@ def template_params(module: Any, inputs: Sequence[Any], rng: jax.Array | None = 
         fresh = jax.jit(lambda r: [traverse_util.flatten_dict(init(r))[p] for p in fresh_paths])(rng)
         flat.update(zip(fresh_paths, fresh))
     return traverse_util.unflatten_dict(flat)
+
+
+def with_weights_dtype(params: Mapping, dtype: Any, keep: Sequence[str] = ()) -> dict:
+    """``params`` with every leaf whose path matches no ``keep`` regex retyped to ``dtype``.
+
+    The pretrained (checkpoint) leaves of a frozen backbone can so be stored in bfloat16 while
+    the PEFT leaves (``keep``: LoRA factors, adapters) stay in their own (float32) dtype.
+    Abstract leaves (``jax.ShapeDtypeStruct``) get the new dtype; concrete ones are cast.
+    ``dtype=None`` returns ``params`` unchanged.
+    """
+    if dtype is None:
+        return params
+    dtype = np.dtype(jax.numpy.dtype(dtype))
+
+    def retype(path, leaf):
+        if _matches(keep, path_str(path)):
+            return leaf
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=leaf.sharding)
+        return leaf.astype(dtype)
+
+    flat = traverse_util.flatten_dict(dict(params))
+    return traverse_util.unflatten_dict({p: retype(p, v) for p, v in flat.items()})
 
 
 class LoadedBackbone(NamedTuple):
@@ -477,8 +622,14 @@ def load_backbone(
     *,
     keep: Sequence[str] = (),
     rng: jax.Array | None = None,
+    weights_dtype: Any = None,
 ) -> LoadedBackbone:
     """Reads a checkpoint's tensors into ``module``'s parameters.
+
+    The template comes from ``jax.eval_shape`` (only the ``keep`` leaves are computed), and each
+    tensor is read, converted to its leaf dtype and put on the device before the next one is
+    read (:class:`CheckpointTensors`, :func:`assign_params`): peak host memory is about one
+    tensor, plus, on a CPU backend, the loaded parameters themselves.
 
     Args:
       ckpt_dir: checkpoint directory (safetensors, single or sharded).
@@ -489,6 +640,8 @@ def load_backbone(
       keep: regexes of parameter paths no checkpoint holds (PEFT leaves); they are initialised
         from ``rng``, and only they.
       rng: init key for the ``keep`` leaves (default ``jax.random.key(0)``).
+      weights_dtype: dtype of the leaves read from the checkpoint (e.g. ``jnp.bfloat16`` for a
+        frozen backbone); None: the module's parameter dtype. ``keep`` leaves keep theirs.
 
     Returns:
       :class:`LoadedBackbone` ``(config, params)`` with ``params`` on the default device.
@@ -496,8 +649,9 @@ def load_backbone(
     Raises:
       CheckpointError: unreadable files, or every missing / unexpected / mis-shaped tensor at once.
     """
-    tensors = read_safetensors(ckpt_dir)
-    mapping, ignorable = param_mapping(config, list(tensors))
-    template = template_params(module, inputs, rng, concrete=keep)
-    params = assign_params(template, mapping, tensors, ckpt_dir, ignorable=ignorable, keep=keep)
-    return LoadedBackbone(config, jax.device_put(params))
+    with CheckpointTensors(ckpt_dir) as tensors:
+        mapping, ignorable = param_mapping(config, list(tensors))
+        template = with_weights_dtype(template_params(module, inputs, rng, concrete=keep), weights_dtype, keep)
+        params = assign_params(template, mapping, tensors, ckpt_dir, ignorable=ignorable, keep=keep,
+                               put=jax.device_put)
+    return LoadedBackbone(config, params)

@@ -1,23 +1,52 @@
-"""Llama-family decoder-only transformers (Llama, Mistral, Gemma) in flax.linen.
+"""Llama-family decoder-only transformers (Llama 2/3/3.1/3.2, Mistral, Gemma, Gemma-2, Qwen2) in flax.linen.
 
 Papers:
   * Touvron et al., "LLaMA: Open and Efficient Foundation Language Models", arXiv 2302.13971,
     §2.2 (pre-normalisation with RMSNorm, SwiGLU FFN, rotary position embeddings); grouped-query
     attention as in Llama 2 (Touvron et al., arXiv 2307.09288, §2.2) and Ainslie et al., GQA,
     EMNLP 2023.
+  * Llama Team, "The Llama 3 Herd of Models", arXiv 2407.21783 (RoPE base 500000); the
+    frequency-dependent RoPE scaling released with the Llama 3.1 weights
+    (``rope_scaling.rope_type = "llama3"``, :func:`rope_inv_freq`); Chen et al., "Extending
+    Context Window of Large Language Models via Positional Interpolation", arXiv 2306.15595
+    (``"linear"``).
   * Jiang et al., "Mistral 7B", arXiv 2310.06825, §2 (sliding-window attention).
   * Gemma Team, "Gemma: Open Models Based on Gemini Research and Technology",
     arXiv 2403.08295, §2 (GeGLU with tanh-GELU, head_dim independent of the width, embeddings
     scaled by sqrt(width), RMSNorm scale stored as an offset from 1, tied embeddings).
+  * Gemma Team, "Gemma 2: Improving Open Language Models at a Practical Size",
+    arXiv 2408.00118, §2 (local sliding-window and global attention on alternating layers,
+    attention and final logit soft-capping, pre- and post-norm around each sublayer,
+    ``query_pre_attn_scalar``).
+  * Yang et al., "Qwen2 Technical Report", arXiv 2407.10671, §2 (GQA, QKV bias); the Hugging
+    Face Qwen2 configuration adds optional sliding-window attention on the upper layers.
 
-Used in jaxrec as the frozen/LoRA-tuned decoder of PERSOMA and GazeReward (spec ``llm.md``
-§1.2, §2, §3: tiny decoder with ``inputs_embeds`` and optional q/v LoRA), as LEA's LLM
-(``rl.md``) and as IISAN-Versa's LLM text encoder (``iisan.md`` §2.2, via ``hidden_states``).
+Used in jaxrec as the frozen / LoRA-tuned decoder of PERSOMA (Hebert et al., arXiv 2408.00960)
+and GazeReward (Lopez-Cardona et al., ICLR 2025, reward models on Llama-3-8B / Mistral-7B), as
+LEA's LLM, and as IISAN-Versa's LLM text encoder (Fu et al., arXiv 2411.02992: LLaMA-2/3,
+Gemma and Mistral towers read through ``hidden_states``).
 
 Checkpoints are Hugging Face PyTorch-layout safetensors (``model.layers.0.self_attn.q_proj.weight``
 ...), read without torch through :mod:`jaxrec.backbones.hf` by :func:`load_llama`. The
-numerical reference in tests is transformers 4.57.6's ``FlaxLlamaForCausalLM`` /
-``FlaxMistralForCausalLM`` / ``FlaxGemmaForCausalLM``.
+numerical references in tests are transformers 4.57.6's ``FlaxLlamaForCausalLM`` /
+``FlaxMistralForCausalLM`` / ``FlaxGemmaForCausalLM`` and, for what transformers has no Flax
+class for (Gemma-2, Qwen2, RoPE scaling, tied Llama heads), a float64 NumPy forward pass.
+
+Loading big models (:func:`load_llama`'s keyword arguments beyond the config overrides):
+
+* ``weights_dtype`` — dtype of the leaves read from the checkpoint (``jnp.bfloat16`` halves the
+  memory of a frozen 7-8B model); each tensor is converted as it is read and put on the device
+  before the next one, and the parameter template comes from ``jax.eval_shape`` (the pretrained
+  weights are never randomly initialised), so the host holds about one tensor at a time.
+* ``frozen`` — the pretrained weights will not be trained: ``weights_dtype`` defaults to
+  bfloat16. PEFT leaves (LoRA factors, Houlsby adapters) are always initialised in the config's
+  ``param_dtype`` (float32). Without either argument everything is float32, as before.
+* :func:`abstract_params` gives the parameter tree as ``jax.ShapeDtypeStruct`` leaves from a
+  config alone (to compile a 7-8B step without weights); :func:`init_params` random weights in
+  the same dtypes.
+* LoRA (``lora_rank``), bfloat16 compute (``dtype``), bf16 storage (``weights_dtype``) and
+  per-layer rematerialisation (``remat``) compose: ``LoRADense`` casts the bf16 kernel and the
+  float32 factors to the compute dtype, so the LoRA gradients come back in float32.
 
 Conventions and where they differ from the HF Flax reference (all documented, all tested):
 
@@ -31,11 +60,11 @@ Conventions and where they differ from the HF Flax reference (all documented, al
 * **Fully masked rows.** Like HF, masked scores are set to the float32 minimum, so a query with
   no visible key (a left-padding token) attends uniformly; outputs at padding positions are
   meaningless but finite and equal to HF's.
-* **Sliding window** (Mistral): key ``j`` is visible from query ``i`` iff ``i - W < j <= i``,
-  i.e. ``W`` tokens including the current one — the convention of HF PyTorch
-  (``masking_utils.sliding_window_overlay``) and flash-attention. HF *Flax* Mistral keeps
-  ``W + 1`` tokens (``triu(k=-W)``), and with ``sliding_window=None`` it keeps only the
-  diagonal (a bug); our ``None`` means no window.
+* **Sliding window** (Mistral; Gemma-2 and Qwen2 on the layers ``layer_types`` names): key
+  ``j`` is visible from query ``i`` iff ``i - W < j <= i``, i.e. ``W`` tokens including the
+  current one — the convention of HF PyTorch (``masking_utils.sliding_window_overlay``) and
+  flash-attention. HF *Flax* Mistral keeps ``W + 1`` tokens (``triu(k=-W)``), and with
+  ``sliding_window=None`` it keeps only the diagonal (a bug); our ``None`` means no window.
 * **rope_theta** is honoured (Llama 3 uses 500000); HF Flax hard-codes 10000.
 * **tie_word_embeddings** is honoured for every variant; HF Flax Llama/Mistral ignore it.
 * **RMSNorm** is computed in float32 and cast to the compute dtype after the scale, as HF
@@ -80,6 +109,9 @@ __all__ = [
     "KVCache",
     "init_cache",
     "load_llama",
+    "abstract_params",
+    "init_params",
+    "rope_inv_freq",
     "hf_param_mapping",
     "llama_param_mapping",
     "position_ids_from_mask",
@@ -92,7 +124,9 @@ ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 PROJECTIONS = ATTN_PROJECTIONS + MLP_PROJECTIONS
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "gemma")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "gemma", "gemma2", "qwen2")
+ROPE_SCALING_TYPES = ("linear", "llama3")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +152,28 @@ class LlamaConfig:
       embed_scale: token embeddings are multiplied by ``sqrt(D)`` (Gemma).
       hidden_act: HF activation name of the gated FFN: ``"silu"`` (Llama/Mistral) or
         ``"gelu_pytorch_tanh"`` (Gemma); ``"gelu"`` is exact GELU.
-      sliding_window: Mistral window ``W`` (each query sees its last ``W`` tokens including
-        itself); ``None`` disables it.
+      sliding_window: window ``W`` (each query sees its last ``W`` tokens including itself) of
+        the layers that use one (see ``layer_types``); ``None`` disables it everywhere.
+      layer_types: per layer ``"full_attention"`` or ``"sliding_attention"`` (HF's
+        ``layer_types``: Gemma-2 alternates, starting with a sliding layer; Qwen2 slides from
+        ``max_window_layers`` on); ``None``: every layer uses ``sliding_window`` (Mistral).
+      rope_scaling_type: ``None`` (plain RoPE), ``"linear"`` (every frequency divided by
+        ``rope_scaling_factor``) or ``"llama3"`` (Llama 3.1/3.2: long wavelengths divided by
+        the factor, short ones kept, a smooth blend between; see :func:`rope_inv_freq`).
+      rope_scaling_factor: the scaling factor (``rope_scaling.factor``).
+      rope_low_freq_factor / rope_high_freq_factor: ``llama3``'s band limits: wavelengths above
+        ``original / low`` are scaled, below ``original / high`` kept.
+      rope_original_max_position_embeddings: ``llama3``'s pre-extension context length.
+      o_proj_bias: whether ``o_proj`` has a bias; ``None`` follows ``attention_bias`` (Qwen2:
+        q/k/v biases, no ``o_proj`` bias).
+      query_pre_attn_scalar: attention scores are scaled by ``query_pre_attn_scalar ** -0.5``
+        (Gemma-2); ``None``: ``head_dim ** -0.5``.
+      attn_logit_softcapping: scores become ``c * tanh(scores / c)`` before masking (Gemma-2).
+      final_logit_softcapping: logits become ``c * tanh(logits / c)`` (Gemma-2).
+      sandwich_norm: Gemma-2's extra norms: ``post_attention_layernorm`` on the attention output
+        and ``post_feedforward_layernorm`` on the FFN output before each residual add, with
+        ``pre_feedforward_layernorm`` before the FFN (a Llama block's ``post_attention_layernorm``
+        is its pre-FFN norm).
       attention_dropout: dropout on attention probabilities (active when not deterministic).
       initializer_range: std of the normal init of all matrices (random init only).
       with_lm_head: build the vocabulary projection; False drops it (and its ``V x D``
@@ -135,7 +189,8 @@ class LlamaConfig:
       adapter_size: Houlsby adapter bottleneck (0: none); adapters ``adapter_attn`` (after
         ``o_proj``) and ``adapter_ffn`` (after ``down_proj``), before each residual add.
       adapter_activation: ``"relu"`` or ``"gelu"``.
-      model_type: ``"llama"``, ``"mistral"`` or ``"gemma"`` (informational after parsing).
+      model_type: ``"llama"``, ``"mistral"``, ``"gemma"``, ``"gemma2"`` or ``"qwen2"``
+        (informational after parsing).
     """
 
     vocab_size: int = 256
@@ -155,6 +210,17 @@ class LlamaConfig:
     embed_scale: bool = False
     hidden_act: str = "silu"
     sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    rope_scaling_type: str | None = None
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int | None = None
+    o_proj_bias: bool | None = None
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    sandwich_norm: bool = False
     attention_dropout: float = 0.0
     initializer_range: float = 0.02
     with_lm_head: bool = True
@@ -201,6 +267,34 @@ class LlamaConfig:
             )
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ValueError(f"LlamaConfig.sliding_window must be None or > 0, got {self.sliding_window}")
+        if self.layer_types is not None:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+            bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if bad or len(self.layer_types) != self.num_layers:
+                raise ValueError(
+                    f"LlamaConfig.layer_types must list one of {list(LAYER_TYPES)} per layer "
+                    f"({self.num_layers}), got {list(self.layer_types)}"
+                )
+        if self.rope_scaling_type not in (None,) + ROPE_SCALING_TYPES:
+            raise ValueError(
+                f"LlamaConfig.rope_scaling_type {self.rope_scaling_type!r} is not supported; use None or one "
+                f"of {list(ROPE_SCALING_TYPES)}"
+            )
+        if self.rope_scaling_type is not None and not self.rope_scaling_factor > 0:
+            raise ValueError(f"LlamaConfig.rope_scaling_factor must be > 0, got {self.rope_scaling_factor}")
+        if self.rope_scaling_type == "llama3":
+            if not (self.rope_original_max_position_embeddings or 0) > 0:
+                raise ValueError("LlamaConfig.rope_original_max_position_embeddings must be > 0 for llama3 RoPE "
+                                 f"scaling, got {self.rope_original_max_position_embeddings}")
+            if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+                raise ValueError(
+                    "llama3 RoPE scaling needs 0 < rope_low_freq_factor < rope_high_freq_factor, got "
+                    f"{self.rope_low_freq_factor} and {self.rope_high_freq_factor}"
+                )
+        for name in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f"LlamaConfig.{name} must be None or > 0, got {v}")
 
     @property
     def compute_dtype(self):
@@ -212,22 +306,51 @@ class LlamaConfig:
         """Query heads per key/value head, ``H // K``."""
         return self.num_heads // self.num_kv_heads
 
+    @property
+    def attention_scale(self) -> float:
+        """The factor on ``q . k``: ``query_pre_attn_scalar ** -0.5`` or ``head_dim ** -0.5``."""
+        return float(self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
+    def out_bias(self) -> bool:
+        """Whether ``o_proj`` has a bias."""
+        return self.attention_bias if self.o_proj_bias is None else bool(self.o_proj_bias)
+
+    def layer_window(self, i: int) -> int | None:
+        """The sliding window of layer ``i`` (None: full causal attention)."""
+        if self.layer_types is not None and self.layer_types[i] == "full_attention":
+            return None
+        return self.sliding_window
+
     @classmethod
     def from_hf(cls, config: Mapping[str, Any], **overrides: Any) -> "LlamaConfig":
         """Builds a config from a Hugging Face ``config.json`` dict.
 
-        Recognises ``model_type`` ``llama``, ``mistral`` and ``gemma`` and applies each family's
-        defaults the way transformers does (Gemma: tied embeddings, ``head_dim`` 256, tanh-GELU
-        unless ``hidden_activation`` says otherwise, ``1 + w`` RMSNorm, ``sqrt(D)`` embedding
-        scale; Mistral: ``sliding_window``).
+        Recognises ``model_type`` ``llama`` (Llama 2, 3, 3.1, 3.2), ``mistral``, ``gemma``,
+        ``gemma2`` and ``qwen2`` and applies each family's defaults for absent keys the way
+        transformers' config classes do:
+
+        * Gemma / Gemma-2: tied embeddings, ``head_dim`` 256, tanh-GELU unless
+          ``hidden_activation`` says otherwise (``hidden_act`` is ignored, as transformers
+          does), ``1 + w`` RMSNorm, ``sqrt(D)`` embedding scale.
+        * Gemma-2 also: ``query_pre_attn_scalar`` 256, attention / final logit soft-capping 50 / 30
+          (a JSON ``null`` disables one), the sandwich norms, ``sliding_window`` 4096 on the
+          layers ``layer_types`` names (default: even layers slide, odd layers are global).
+        * Mistral: ``sliding_window`` (4096 when absent, ``null`` disables it) on every layer.
+        * Qwen2: q/k/v biases without an ``o_proj`` bias; a window only with
+          ``use_sliding_window``, then on layers ``>= max_window_layers`` unless ``layer_types``
+          lists them.
+        * ``rope_scaling``: absent / ``default``, ``linear`` (``factor``) or ``llama3``
+          (``factor``, ``low_freq_factor``, ``high_freq_factor``,
+          ``original_max_position_embeddings``); other types are refused.
 
         Args:
           config: the parsed ``config.json``.
           **overrides: any :class:`LlamaConfig` field (dtype, PEFT fields, ``with_lm_head``...).
 
         Raises:
-          ValueError: unknown ``model_type``, a missing required key, an unsupported
-            ``rope_scaling``, or an override that is not a field.
+          ValueError: unknown ``model_type``, missing required keys (all named), an unsupported
+            or incomplete ``rope_scaling``, or an override that is not a field.
         """
         model_type = config.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
@@ -235,60 +358,125 @@ class LlamaConfig:
                 f"config.json model_type {model_type!r} is not a Llama-family decoder; "
                 f"supported: {list(SUPPORTED_MODEL_TYPES)}"
             )
+        required = ("num_attention_heads", "hidden_size", "vocab_size", "intermediate_size", "num_hidden_layers")
+        absent = [k for k in required if config.get(k) is None]
+        if absent:
+            raise ValueError(f"{model_type} config.json lacks required field(s) {absent}")
 
-        def req(key: str) -> Any:
-            if config.get(key) is None:
-                raise ValueError(f"{model_type} config.json lacks required field {key!r}")
-            return config[key]
+        def opt(key: str, default: Any) -> Any:
+            # An absent key takes the family default; an explicit null stays None (disables).
+            return config[key] if key in config else default
 
-        rope_scaling = config.get("rope_scaling")
-        if rope_scaling is not None:
-            kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
-            if kind not in (None, "default"):
-                raise ValueError(
-                    f"config.json rope_scaling of type {kind!r} is not supported (only plain RoPE); "
-                    "got rope_scaling=" + repr(rope_scaling)
-                )
-
-        num_heads = int(req("num_attention_heads"))
-        hidden = int(req("hidden_size"))
-        is_gemma = model_type == "gemma"
+        num_heads = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        num_layers = int(config["num_hidden_layers"])
+        gemma = model_type in ("gemma", "gemma2")
         head_dim = config.get("head_dim")
         if head_dim is None:
-            head_dim = 256 if is_gemma and "head_dim" not in config else hidden // num_heads
-        if is_gemma:
+            head_dim = 256 if gemma and "head_dim" not in config else hidden // num_heads
+        if gemma:
             # transformers forces tanh-GELU for Gemma unless hidden_activation is set (PR 29402).
             act = config.get("hidden_activation") or "gelu_pytorch_tanh"
         else:
             act = config.get("hidden_act", "silu")
+
+        window, layer_types = None, None
+        if model_type == "mistral":
+            window = opt("sliding_window", 4096)
+        elif model_type == "gemma2":
+            window = opt("sliding_window", 4096)
+            layer_types = config.get("layer_types") or [
+                "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+        elif model_type == "qwen2":
+            window = opt("sliding_window", 4096) if config.get("use_sliding_window", False) else None
+            first_sliding = int(opt("max_window_layers", 28))
+            layer_types = config.get("layer_types") or [
+                "sliding_attention" if window is not None and i >= first_sliding else "full_attention"
+                for i in range(num_layers)]
         kwargs = dict(
-            vocab_size=int(req("vocab_size")),
+            vocab_size=int(config["vocab_size"]),
             hidden_size=hidden,
-            intermediate_size=int(req("intermediate_size")),
-            num_layers=int(req("num_hidden_layers")),
+            intermediate_size=int(config["intermediate_size"]),
+            num_layers=num_layers,
             num_heads=num_heads,
             num_kv_heads=int(config.get("num_key_value_heads") or num_heads),
             head_dim=int(head_dim),
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
             rope_theta=float(config.get("rope_theta", 10000.0)),
-            max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", is_gemma)),
-            attention_bias=bool(config.get("attention_bias", False)),
+            max_position_embeddings=int(config.get("max_position_embeddings")
+                                        or _DEFAULT_MAX_POSITIONS[model_type]),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", gemma)),
+            attention_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
+            o_proj_bias=False if model_type == "qwen2" else None,
             mlp_bias=bool(config.get("mlp_bias", False)),
-            norm_offset=is_gemma,
-            embed_scale=is_gemma,
+            norm_offset=gemma,
+            embed_scale=gemma,
             hidden_act=act,
-            sliding_window=config.get("sliding_window") if model_type == "mistral" else None,
-            attention_dropout=float(config.get("attention_dropout", 0.0)),
+            sliding_window=None if window is None else int(window),
+            layer_types=None if layer_types is None else tuple(layer_types),
+            attention_dropout=float(config.get("attention_dropout", 0.0) or 0.0),
             initializer_range=float(config.get("initializer_range", 0.02)),
             model_type=model_type,
+            **_rope_scaling_fields(config.get("rope_scaling")),
         )
+        if model_type == "gemma2":
+            kwargs.update(
+                query_pre_attn_scalar=opt("query_pre_attn_scalar", 256),
+                attn_logit_softcapping=opt("attn_logit_softcapping", 50.0),
+                final_logit_softcapping=opt("final_logit_softcapping", 30.0),
+                sandwich_norm=True,
+            )
         fields = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(overrides) - fields)
         if bad:
             raise ValueError(f"LlamaConfig has no fields {bad}; valid fields: {sorted(fields)}")
         kwargs.update(overrides)
         return cls(**kwargs)
+
+
+# transformers' defaults of max_position_embeddings per model_type (used when config.json has none).
+_DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 4096 * 32, "gemma": 8192, "gemma2": 8192, "qwen2": 32768}
+
+# The rope_scaling keys each supported type needs.
+_ROPE_SCALING_KEYS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def _rope_scaling_fields(rope_scaling: Any) -> dict:
+    """:class:`LlamaConfig` fields from ``config.json``'s ``rope_scaling`` (None: plain RoPE).
+
+    Raises:
+      ValueError: naming config.json's ``rope_scaling`` field, for a type other than
+        ``default`` / ``linear`` / ``llama3`` or a missing key of a supported type.
+    """
+    if rope_scaling is None:
+        return {}
+    if not isinstance(rope_scaling, Mapping):
+        raise ValueError(f"config.json field 'rope_scaling' must be an object or null, got {rope_scaling!r}")
+    # transformers accepts the legacy key "type" for "rope_type".
+    kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
+    if kind in (None, "default"):
+        return {}
+    if kind not in _ROPE_SCALING_KEYS:
+        raise ValueError(
+            f"config.json field 'rope_scaling' has rope_type {kind!r}, which is not supported "
+            f"(supported: default, {', '.join(_ROPE_SCALING_KEYS)}); got rope_scaling={rope_scaling!r}"
+        )
+    absent = [k for k in _ROPE_SCALING_KEYS[kind] if rope_scaling.get(k) is None]
+    if absent:
+        raise ValueError(
+            f"config.json field 'rope_scaling' of rope_type {kind!r} lacks {absent}; got rope_scaling={rope_scaling!r}"
+        )
+    out = dict(rope_scaling_type=kind, rope_scaling_factor=float(rope_scaling["factor"]))
+    if kind == "llama3":
+        out.update(
+            rope_low_freq_factor=float(rope_scaling["low_freq_factor"]),
+            rope_high_freq_factor=float(rope_scaling["high_freq_factor"]),
+            rope_original_max_position_embeddings=int(rope_scaling["original_max_position_embeddings"]),
+        )
+    return out
 
 
 def position_ids_from_mask(attention_mask: Array) -> Array:
@@ -306,23 +494,47 @@ def position_ids_from_mask(attention_mask: Array) -> Array:
     return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0)
 
 
-def apply_rope(x: Array, positions: Array, theta: float) -> Array:
+def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
+    """RoPE inverse frequencies ``[hd / 2]`` (float64, on the host) with the config's scaling.
+
+    Plain: ``theta ** (-2i / hd)``. ``linear``: divided by ``factor``. ``llama3`` (the rule
+    Meta published with Llama 3.1): with ``L = rope_original_max_position_embeddings`` and a
+    frequency's wavelength ``w = 2 pi / f``, frequencies with ``w < L / high_freq_factor`` are
+    kept, those with ``w > L / low_freq_factor`` are divided by ``factor``, and in between
+    ``f' = (1 - s) f / factor + s f`` with ``s = (L / w - low) / (high - low)``, which runs from
+    the scaled frequency at the low-frequency edge to the unscaled one at the high edge.
+    """
+    hd = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    if cfg.rope_scaling_type is None:
+        return inv_freq
+    factor = cfg.rope_scaling_factor
+    if cfg.rope_scaling_type == "linear":
+        return inv_freq / factor
+    low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    context = float(cfg.rope_original_max_position_embeddings)
+    wavelength = 2.0 * np.pi / inv_freq
+    s = (context / wavelength - low) / (high - low)
+    blended = (1.0 - s) * inv_freq / factor + s * inv_freq
+    return np.where(wavelength < context / high, inv_freq,
+                    np.where(wavelength > context / low, inv_freq / factor, blended))
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
     """Rotary position embedding in HF's "rotate-half" layout.
 
-    Dimension ``i < hd/2`` pairs with ``i + hd/2`` and rotates by ``pos * theta^(-2i/hd)``;
+    Dimension ``i < hd/2`` pairs with ``i + hd/2`` and rotates by ``pos * inv_freq[i]``;
     HF checkpoints store q/k weights permuted for exactly this layout.
 
     Args:
       x: ``[B, T, N, hd]`` queries or keys.
       positions: ``[B, T]`` integer positions.
-      theta: RoPE base.
+      inv_freq: ``[hd / 2]`` host array from :func:`rope_inv_freq`.
 
     Returns:
       ``[B, T, N, hd]`` in ``x.dtype`` (the rotation itself runs in float32).
     """
     hd = x.shape[-1]
-    # Frequencies in float64 on the host (static), like HF's numpy table, then float32.
-    inv_freq = 1.0 / (theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
     sin = jnp.sin(angles)[:, :, None, :]
     cos = jnp.cos(angles)[:, :, None, :]
@@ -330,6 +542,31 @@ def apply_rope(x: Array, positions: Array, theta: float) -> Array:
     x1, x2 = x32[..., : hd // 2], x32[..., hd // 2:]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+def softcap(x: Array, cap: float | None) -> Array:
+    """``cap * tanh(x / cap)`` in float32, cast back to ``x.dtype`` (identity for ``cap=None``)."""
+    if cap is None:
+        return x
+    return (cap * jnp.tanh(x.astype(jnp.float32) / cap)).astype(x.dtype)
+
+
+def capped_grouped_attention(q: Array, k: Array, v: Array, keep: Array, scale: float, cap: float,
+                             dropout: nn.Dropout | None = None, deterministic: bool = True) -> Array:
+    """:func:`jaxrec.backbones.layers.grouped_attention` with Gemma-2's soft-capped scores.
+
+    Scores ``q . k * scale`` become ``cap * tanh(scores / cap)`` before masking and softmax
+    (Gemma Team, "Gemma 2", arXiv 2408.00118, §2). Shapes as ``grouped_attention``: ``q
+    [B, T, K, G, hd]``, ``k, v [B, S, K, hd]``, ``keep`` broadcastable to ``[B, T, S]``;
+    returns ``[B, T, K, G, hd]``.
+    """
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    scores = softcap(scores, cap)
+    scores = jnp.where(keep[:, None, None].astype(bool), scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    if dropout is not None:
+        probs = dropout(probs, deterministic=deterministic)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v)
 
 
 def cached_attention_mask(key_mask: Array, index: Array, t: int, sliding_window: int | None) -> Array:
@@ -433,18 +670,27 @@ class LlamaAttention(nn.Module):
         q = _dense(cfg, h * hd, "q_proj", bias)(x, deterministic).reshape(b, t, h, hd)
         key = _dense(cfg, k * hd, "k_proj", bias)(x, deterministic).reshape(b, t, k, hd)
         val = _dense(cfg, k * hd, "v_proj", bias)(x, deterministic).reshape(b, t, k, hd)
-        q = apply_rope(q, positions, cfg.rope_theta)
-        key = apply_rope(key, positions, cfg.rope_theta)
+        inv_freq = rope_inv_freq(cfg)
+        q = apply_rope(q, positions, inv_freq)
+        key = apply_rope(key, positions, inv_freq)
         if kv is not None:
             zero = jnp.zeros((), jnp.int32)
             start = (zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
             key = jax.lax.dynamic_update_slice(kv[0], key.astype(kv[0].dtype), start)
             val = jax.lax.dynamic_update_slice(kv[1], val.astype(kv[1].dtype), start)
         # GQA without materialising repeated K/V: query head n = kv_head * G + group.
-        out = grouped_attention(q.reshape(b, t, k, g, hd), key, val, allowed,
-                                nn.Dropout(cfg.attention_dropout), deterministic)
+        q = q.reshape(b, t, k, g, hd)
+        dropout = nn.Dropout(cfg.attention_dropout)
+        if cfg.attn_logit_softcapping is not None:
+            out = capped_grouped_attention(q, key, val, allowed, cfg.attention_scale, cfg.attn_logit_softcapping,
+                                           dropout, deterministic)
+        else:
+            if cfg.query_pre_attn_scalar is not None:
+                # grouped_attention scales by hd ** -0.5; fold the rest of the wanted scale into q.
+                q = (q.astype(jnp.float32) * (cfg.attention_scale * math.sqrt(hd))).astype(q.dtype)
+            out = grouped_attention(q, key, val, allowed, dropout, deterministic)
         out = out.reshape(b, t, h * hd)
-        out = _dense(cfg, cfg.hidden_size, "o_proj", bias)(out, deterministic)
+        out = _dense(cfg, cfg.hidden_size, "o_proj", cfg.out_bias)(out, deterministic)
         return out if kv is None else (out, (key, val))
 
 
@@ -468,10 +714,15 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm decoder layer: ``x + attn(norm(x))`` then ``h + mlp(norm(h))``.
 
+    With ``sandwich_norm`` (Gemma-2) the sublayer outputs are normalised too:
+    ``x + post_attention_layernorm(attn(input_layernorm(x)))`` then
+    ``h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)))``.
+
     With ``adapter_size > 0``, Houlsby adapters ``adapter_attn`` / ``adapter_ffn`` wrap the
     attention output (after ``o_proj``) and the FFN output (after ``down_proj``) before each
-    residual add (Houlsby et al. 2019, Fig. 2, placed as in IISAN's Adapter baseline, spec
-    ``iisan.md`` §1.12; a pre-norm block has no post-residual LayerNorm).
+    residual add (Houlsby et al. 2019, Fig. 2, placed as in IISAN's Adapter baseline,
+    Fu et al., SIGIR 2024; a pre-norm block has no post-residual LayerNorm; with sandwich norms the
+    adapter comes after the sublayer's output norm, right before the add).
     """
 
     config: LlamaConfig
@@ -492,8 +743,13 @@ class LlamaDecoderLayer(nn.Module):
                                                   deterministic, kv, cache_index)
         if kv is not None:
             a, kv = a
+        if cfg.sandwich_norm:
+            a = norm("post_attention_layernorm")(a)
         x = x + houlsby(cfg, "adapter_attn", a, cfg.param_dtype)
-        m = LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x), deterministic)
+        pre_ffn = "pre_feedforward_layernorm" if cfg.sandwich_norm else "post_attention_layernorm"
+        m = LlamaMLP(cfg, name="mlp")(norm(pre_ffn)(x), deterministic)
+        if cfg.sandwich_norm:
+            m = norm("post_feedforward_layernorm")(m)
         out = x + houlsby(cfg, "adapter_ffn", m, cfg.param_dtype)
         return out if kv is None else (out, kv)
 
@@ -545,7 +801,7 @@ class LlamaOutput:
 
 
 class LlamaModel(nn.Module):
-    """Llama / Mistral / Gemma decoder with an optional LM head.
+    """Llama / Mistral / Gemma / Gemma-2 / Qwen2 decoder with an optional LM head.
 
     Parameter tree (HF names, so :func:`hf_param_mapping` is mechanical)::
 
@@ -553,6 +809,7 @@ class LlamaModel(nn.Module):
       layers_{i}/input_layernorm/weight [D]
       layers_{i}/self_attn/{q,k,v,o}_proj/{kernel, bias?, lora_a?, lora_b?}
       layers_{i}/post_attention_layernorm/weight [D]
+      layers_{i}/{pre,post}_feedforward_layernorm/weight [D]             (sandwich_norm)
       layers_{i}/mlp/{gate,up,down}_proj/{kernel, ...}
       layers_{i}/adapter_{attn,ffn}/{down,up}/{kernel,bias}   (adapter_size > 0)
       norm/weight [D]
@@ -658,21 +915,26 @@ class LlamaModel(nn.Module):
             # The normaliser is rounded to the compute dtype first, as HF PyTorch Gemma does.
             x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype=x.dtype)
 
-        allowed = attention_mask_matrix(attention_mask, cfg.sliding_window)
+        masks = {w: attention_mask_matrix(attention_mask, w) for w in self._windows()}
         hidden_states = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             hidden_states.append(x)
-            x = layer(x, allowed, position_ids, deterministic)
+            x = layer(x, masks[cfg.layer_window(i)], position_ids, deterministic)
         x = self.norm(x)
         hidden_states.append(x)
 
         return LlamaOutput(self._logits(x, return_logits), x, tuple(hidden_states))
 
+    def _windows(self) -> set:
+        """The distinct sliding windows of the layers (None: full causal attention)."""
+        return {self.config.layer_window(i) for i in range(self.config.num_layers)}
+
     def _logits(self, x: Array, return_logits: bool) -> Array | None:
         cfg = self.config
         # Always trace the head during init so the parameter tree is complete.
         if cfg.with_lm_head and (return_logits or self.is_initializing()):
-            return self.embed_tokens.attend(x) if cfg.tie_word_embeddings else self.lm_head(x)
+            logits = self.embed_tokens.attend(x) if cfg.tie_word_embeddings else self.lm_head(x)
+            return softcap(logits, cfg.final_logit_softcapping)
         return None
 
     def _cached(self, x, key_mask, position_ids, deterministic, return_logits, cache: KVCache) -> LlamaOutput:
@@ -699,11 +961,12 @@ class LlamaModel(nn.Module):
             raise ValueError(f"LlamaModel: position_ids must be [B, T] = {(b, t)}, got {position_ids.shape}")
         if cfg.embed_scale:
             x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype=x.dtype)
-        allowed = cached_attention_mask(key_mask, cache.index, t, cfg.sliding_window)
+        masks = {w: cached_attention_mask(key_mask, cache.index, t, w) for w in self._windows()}
         hidden_states, keys, values = [], [], []
         for i, layer in enumerate(self.layers):
             hidden_states.append(x)
-            x, (k, v) = layer(x, allowed, position_ids, deterministic, (cache.keys[i], cache.values[i]), cache.index)
+            x, (k, v) = layer(x, masks[cfg.layer_window(i)], position_ids, deterministic,
+                              (cache.keys[i], cache.values[i]), cache.index)
             keys.append(k)
             values.append(v)
         x = self.norm(x)
@@ -732,14 +995,18 @@ def hf_param_mapping(cfg: LlamaConfig, prefix: str = "model.") -> dict[tuple[str
         ("embed_tokens", "embedding"): (f"{prefix}embed_tokens.weight", None),
         ("norm", "weight"): (f"{prefix}norm.weight", None),
     }
+    norms = ("input_layernorm", "post_attention_layernorm")
+    if cfg.sandwich_norm:
+        norms += ("pre_feedforward_layernorm", "post_feedforward_layernorm")
+    biases = {p: cfg.attention_bias for p in ATTN_PROJECTIONS} | {p: cfg.mlp_bias for p in MLP_PROJECTIONS}
+    biases["o_proj"] = cfg.out_bias
     for i in range(cfg.num_layers):
         ours, theirs = f"layers_{i}", f"{prefix}layers.{i}"
-        for norm in ("input_layernorm", "post_attention_layernorm"):
+        for norm in norms:
             m[(ours, norm, "weight")] = (f"{theirs}.{norm}.weight", None)
-        for block, names, bias in (("self_attn", ATTN_PROJECTIONS, cfg.attention_bias),
-                                   ("mlp", MLP_PROJECTIONS, cfg.mlp_bias)):
+        for block, names in (("self_attn", ATTN_PROJECTIONS), ("mlp", MLP_PROJECTIONS)):
             for p in names:
-                m.update(hf.dense_entries((ours, block, p), f"{theirs}.{block}.{p}", bias))
+                m.update(hf.dense_entries((ours, block, p), f"{theirs}.{block}.{p}", biases[p]))
     if cfg.with_lm_head and not cfg.tie_word_embeddings:
         m.update(hf.dense_entries(("lm_head",), "lm_head", bias=False))
     return m
@@ -761,36 +1028,96 @@ def llama_param_mapping(cfg: LlamaConfig, tensor_names: Sequence[str]) -> tuple[
     return hf_param_mapping(cfg, prefix), ignorable
 
 
+def example_inputs(cfg: LlamaConfig) -> tuple:
+    """Inputs for ``LlamaModel(cfg).init`` (shapes only matter): ``([1, 1] int32 ids,)``."""
+    return (jnp.zeros((1, 1), jnp.int32),)
+
+
+def abstract_params(cfg: LlamaConfig, weights_dtype: Any = None) -> dict:
+    """The ``'params'`` tree of ``LlamaModel(cfg)`` as ``jax.ShapeDtypeStruct`` leaves, from the
+    config alone (nothing allocated, nothing computed).
+
+    For compiling a step of a 7-8B model without its weights
+    (``jax.jit(step).lower(abstract_params(cfg, jnp.bfloat16), ...)``), or counting parameters.
+
+    Args:
+      cfg: the model config (``LlamaConfig.from_hf(json)`` for a hub model).
+      weights_dtype: dtype of the pretrained leaves, as :func:`load_llama` would load them;
+        None: ``cfg.param_dtype``. PEFT leaves (LoRA, adapters) keep ``cfg.param_dtype``.
+    """
+    return hf.with_weights_dtype(hf.template_params(LlamaModel(cfg), example_inputs(cfg), concrete=False),
+                                 weights_dtype, PEFT_KEEP_PATTERNS)
+
+
+def init_params(cfg: LlamaConfig, rng: jax.Array | None = None, weights_dtype: Any = None) -> dict:
+    """Randomly initialised ``'params'`` (one jitted init), pretrained-style leaves in ``weights_dtype``.
+
+    The same values as ``LlamaModel(cfg).init(rng, ...)['params']`` (cast), without a float32
+    copy of the whole tree when ``weights_dtype`` is smaller: the cast happens inside the jit.
+    """
+    rng = jax.random.key(0) if rng is None else rng
+    model = LlamaModel(cfg)
+
+    def init(r):
+        return hf.with_weights_dtype(model.init(r, *example_inputs(cfg))["params"], weights_dtype,
+                                     PEFT_KEEP_PATTERNS)
+
+    return jax.jit(init)(rng)
+
+
 def load_llama(
     ckpt_dir: str,
     *,
     rng: jax.Array | None = None,
+    weights_dtype: Any = None,
+    frozen: bool = False,
     **overrides: Any,
 ) -> hf.LoadedBackbone:
-    """Loads a Llama / Mistral / Gemma Hugging Face checkpoint directory.
+    """Loads a Llama / Mistral / Gemma / Gemma-2 / Qwen2 Hugging Face checkpoint directory.
 
-    Reads ``config.json`` (``model_type`` llama / mistral / gemma) and PyTorch-layout
-    safetensors (single file or sharded), with or without the ``model.`` prefix. ``lm_head.weight``
-    is expected iff the head is untied and ``with_lm_head``; a stored-but-tied
-    ``lm_head.weight`` and legacy ``rotary_emb.inv_freq`` buffers are ignored.
+    Reads ``config.json`` (``model_type`` llama / mistral / gemma / gemma2 / qwen2, see
+    :meth:`LlamaConfig.from_hf`) and PyTorch-layout safetensors (single file or sharded), with
+    or without the ``model.`` prefix. ``lm_head.weight`` is expected iff the head is untied and
+    ``with_lm_head``; a stored-but-tied ``lm_head.weight`` and legacy ``rotary_emb.inv_freq``
+    buffers are ignored.
+
+    Memory: the parameter template comes from ``jax.eval_shape`` (the pretrained weights are
+    never randomly initialised), and each tensor is converted to ``weights_dtype`` and put on
+    the device as it is read, so the host holds about one tensor at a time (plus the loaded
+    parameters when the device is the CPU).
 
     Args:
       ckpt_dir: directory with ``config.json`` and ``model.safetensors`` (or an index + shards).
       rng: key for the PEFT parameters (LoRA ``lora_a``, adapters) that the checkpoint lacks;
         default ``jax.random.key(0)``.
-      **overrides: :class:`LlamaConfig` fields, e.g. ``dtype=jnp.bfloat16, lora_rank=8``.
+      weights_dtype: dtype of the leaves read from the checkpoint (e.g. ``jnp.bfloat16``);
+        None: ``jnp.bfloat16`` when ``frozen``, else the config's ``param_dtype`` (float32).
+        PEFT leaves are always initialised in ``param_dtype`` (float32).
+      frozen: the pretrained weights will not be trained (frozen tower, LoRA / adapters only):
+        store them in bfloat16 unless ``weights_dtype`` says otherwise. Computation follows
+        the ``dtype`` override (float32 by default), not the storage dtype.
+      **overrides: :class:`LlamaConfig` fields, e.g. ``dtype=jnp.bfloat16, lora_rank=8, remat=True``.
 
     Returns:
       :class:`jaxrec.backbones.hf.LoadedBackbone` ``(config, params)`` — the same shape as
-      ``load_bert`` / ``load_vit`` — with ``params`` the ``'params'`` collection (jax arrays in
-      ``param_dtype``), ready for ``LlamaModel(config).apply({'params': params}, ids, mask)``.
-      Only the PEFT leaves are initialised: under jit, XLA drops the random init of the
-      (possibly billions of) pretrained weights.
+      ``load_bert`` / ``load_vit`` — with ``params`` the ``'params'`` collection (jax arrays),
+      ready for ``LlamaModel(config).apply({'params': params}, ids, mask)``.
 
     Raises:
-      hf.CheckpointError: missing / unexpected / mis-shaped tensors, all listed at once.
-      ValueError: unsupported ``model_type`` or bad config fields.
+      hf.CheckpointError: a missing / unreadable file, a ``config.json`` without a required
+        field or with an unsupported ``model_type`` / ``rope_scaling`` (the message names the
+        directory and the field), or missing / unexpected / mis-shaped tensors, all listed at
+        once.
+      ValueError: an override that is not a :class:`LlamaConfig` field or is invalid.
     """
-    cfg = LlamaConfig.from_hf(hf.read_config(ckpt_dir), **overrides)
-    return hf.load_backbone(ckpt_dir, cfg, LlamaModel(cfg), (jnp.zeros((1, 1), jnp.int32),), llama_param_mapping,
-                            keep=PEFT_KEEP_PATTERNS, rng=rng)
+    hf_config = hf.read_config(ckpt_dir)
+    try:
+        # config.json alone first, so that its own problems are reported against the directory.
+        LlamaConfig.from_hf(hf_config)
+    except ValueError as e:
+        raise hf.CheckpointError(f"checkpoint {str(ckpt_dir)!r}: {e}", ckpt_dir) from e
+    cfg = LlamaConfig.from_hf(hf_config, **overrides)
+    if weights_dtype is None and frozen:
+        weights_dtype = jnp.bfloat16
+    return hf.load_backbone(ckpt_dir, cfg, LlamaModel(cfg), example_inputs(cfg), llama_param_mapping,
+                            keep=PEFT_KEEP_PATTERNS, rng=rng, weights_dtype=weights_dtype)

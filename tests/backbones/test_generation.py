@@ -101,3 +101,30 @@ def test_right_padded_prompt_is_rejected(model_params):
     with pytest.raises(ValueError, match=r"rows \[1\] are not left-padded"):
         generation.generate(model, params, np.ones((2, 3), np.int32), np.array([[1, 1, 1], [1, 1, 0]]),
                             max_new_tokens=2)
+
+
+def test_cache_with_alternating_windows_and_soft_caps():
+    """Gemma-2 / Qwen2 features through the KV cache: per-layer windows (layer 0 slides over 2
+    tokens, layer 1 is global), soft-capped scores and logits, sandwich norms, q/k/v biases
+    without an o bias: cached decoding equals the uncached forward and step-by-step decoding."""
+    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=16, max_position_embeddings=64, initializer_range=0.5,
+                      sliding_window=2, layer_types=("sliding_attention", "full_attention"),
+                      attn_logit_softcapping=3.0, final_logit_softcapping=5.0, query_pre_attn_scalar=24,
+                      sandwich_norm=True, attention_bias=True, o_proj_bias=False)
+    model = LlamaModel(cfg)
+    params = model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))
+    assert "bias" in params["params"]["layers_0"]["self_attn"]["k_proj"]
+    assert "bias" not in params["params"]["layers_0"]["self_attn"]["o_proj"]
+    ids, mask = _prompt()
+    full = model.apply(params, ids, mask).logits
+    assert float(jnp.abs(full).max()) <= 5.0  # the final cap holds
+    cache = init_cache(cfg, 3, 6)
+    o1 = model.apply(params, ids[:, :3], mask, cache=cache)
+    o2 = model.apply(params, ids[:, 3:6], mask, cache=o1.cache)
+    got = jnp.concatenate([o1.logits, o2.logits], axis=1)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(full)[real], rtol=1e-5, atol=1e-5)
+    out = generation.generate(model, params, ids, mask, max_new_tokens=4)
+    np.testing.assert_array_equal(np.asarray(out),
+                                  np.asarray(generation.generate_uncached(model, params, ids, mask, max_new_tokens=4)))

@@ -299,7 +299,7 @@ def test_peft_params_survive_loading(llama):
     np.testing.assert_array_equal(np.asarray(layer["self_attn"]["v_proj"]["lora_b"]), 0)
     assert "lora_a" not in layer["self_attn"]["k_proj"]
     assert layer["adapter_attn"]["down"]["kernel"].shape == (32, 8)
-    # Pretrained weights are loaded, not re-initialised (the IISAN LoRA bug, spec §1.12).
+    # Pretrained weights are loaded, not re-initialised (IISAN's LoRA baseline keeps them).
     np.testing.assert_array_equal(np.asarray(layer["self_attn"]["q_proj"]["kernel"]),
                                   np.asarray(variant["params"]["layers_0"]["self_attn"]["q_proj"]["kernel"]))
 
@@ -333,10 +333,14 @@ def test_config_validation():
         LlamaConfig(num_heads=4, num_kv_heads=3)
     with pytest.raises(ValueError, match="lora_targets"):
         LlamaConfig(lora_rank=4, lora_targets=("query",))
-    with pytest.raises(ValueError, match="rope_scaling"):
-        d = _hf_config("llama").to_dict()
-        d["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}
+    d = _hf_config("llama").to_dict()
+    d["rope_scaling"] = {"rope_type": "yarn", "factor": 8.0}
+    with pytest.raises(ValueError, match=r"config\.json field 'rope_scaling' has rope_type 'yarn'"):
         LlamaConfig.from_hf(d)
+    with pytest.raises(ValueError, match="layer_types"):
+        LlamaConfig(num_layers=2, layer_types=("full_attention",))
+    with pytest.raises(ValueError, match="rope_original_max_position_embeddings"):
+        LlamaConfig(rope_scaling_type="llama3", rope_scaling_factor=8.0)
     with pytest.raises(ValueError, match="no fields"):
         LlamaConfig.from_hf(_hf_config("llama").to_dict(), lora_rnak=8)
     model = LlamaModel(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=8, num_layers=1,
