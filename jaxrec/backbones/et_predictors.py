@@ -353,15 +353,15 @@ def _et2_features(raw: dict, where: str) -> tuple:
 
 
 def window_starts(n: int, width: int, overlap: int) -> list:
-    """Start offsets of windows of ``width`` tokens over ``n`` tokens, consecutive windows sharing
-    ``overlap`` tokens; the last window ends at ``n``."""
-    if n <= width:
-        return [0]
-    stride = width - overlap
-    if stride <= 0:
-        raise ValueError(f"window overlap {overlap} must be smaller than the window width {width}")
-    starts = list(range(0, n - width, stride))
-    return starts + [n - width] if starts[-1] + width < n else starts
+    """Start offsets of windows of at most ``width`` tokens over ``n`` tokens, each sharing
+    ``overlap`` tokens with the next (the last one may be shorter). ``width >= 2 * overlap``, so
+    only neighbouring windows overlap."""
+    if width < 2 * overlap or width <= 0:
+        raise ValueError(f"windows of {width} tokens cannot overlap by {overlap} (need width >= 2 * overlap)")
+    starts = [0]
+    while starts[-1] + width < n:
+        starts.append(starts[-1] + width - overlap)
+    return starts
 
 
 def blend_windows(preds: Sequence[np.ndarray], starts: Sequence[int], n: int) -> np.ndarray:
@@ -414,9 +414,9 @@ def load_et2(path: str, max_len: int, overlap: int = ET2_OVERLAP) -> Predictor:
         raise ValueError(f"ET2 predictor {path!r}: classifier.weight/bias have shapes {w.shape}/{b.shape}, "
                          f"expected ({len(features)}, {cfg.hidden_size})/({len(features)},) for id2label {features}")
     width = cfg.max_position_embeddings - cfg.position_offset - 2     # tokens of text per window
-    if width <= overlap:
+    if max_len > width and width < 2 * overlap:    # texts of max_len tokens need windows
         raise ValueError(f"{where}: max_position_embeddings {cfg.max_position_embeddings} leaves windows of "
-                         f"{width} tokens, not more than the overlap {overlap}")
+                         f"{width} tokens, less than twice the overlap {overlap}")
     encoder = BertEncoder(cfg)
     params = {"encoder": enc_params, "head": {"w": jnp.asarray(w), "b": jnp.asarray(b)}}
 
@@ -430,12 +430,11 @@ def load_et2(path: str, max_len: int, overlap: int = ET2_OVERLAP) -> Predictor:
     bos, eos = int(tok.bos_id), int(tok.eos_id)
 
     def token_fn(ids):
-        starts = window_starts(len(ids), win, overlap)
+        starts = window_starts(len(ids), width, overlap) if len(ids) > width else [0]
         preds = []
         for s in starts:
-            chunk = [bos] + list(ids[s:s + win]) + [eos]
-            row = run(np.asarray(chunk, np.int32))
-            preds.append(row[1:-1])
+            chunk = [bos] + list(ids[s:s + width]) + [eos]
+            preds.append(run(np.asarray(chunk, np.int32))[1:-1])
         return blend_windows(preds, starts, len(ids))
 
     return Predictor(f"et2:{path}", tok, features, token_fn, first_subtoken=True)
