@@ -76,9 +76,9 @@ def test_et1_directory_round_trip_and_torch_lstm_semantics(et1_dir):
     cfg2, params2, tok = etp.load_et1(path)
     assert cfg2 == cfg and sorted(os.listdir(path)) == ["config.json", "model.safetensors", "tokenizer.json"]
     jax.tree.map(np.testing.assert_array_equal, params2, jax.tree.map(np.asarray, params))
-    pred = etp.load_predictor(f"et1:{path}", max_len=16)    # pads to 16: the reverse pass must skip pads
+    pred = etp.load_predictor(f"et1:{path}", max_len=64)    # pads to 64: the reverse pass must skip pads
     ids, wid = tok.encode_words(SENTENCE)
-    assert len(ids) < 16
+    assert 10 < len(ids) < 64
     got = pred(SENTENCE, ids, wid)
     want = np_bilstm(load_file(os.path.join(path, "model.safetensors")), cfg, np.asarray(ids))
     assert got.shape == (len(ids), 5)
@@ -151,7 +151,7 @@ def et2(tmp_path_factory):
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=200, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                        show_progress=False))
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
@@ -185,9 +185,9 @@ def test_et2_matches_flax_roberta_and_keeps_first_subtokens(et2):
     pred = etp.load_et2(path, max_len=W_TEXT)
     assert pred.features == ("FFD", "TRT") and pred.first_subtoken
     assert (pred.tokenizer.bos_id, pred.tokenizer.pad_id, pred.tokenizer.eos_id) == (0, 1, 2)
-    words = ["the", "cats", "sat", "there?"]
+    words = ["the", "cats", "there?"]
     ids, wid = pred.tokenizer.encode_words(words)
-    assert [tk.id_to_token(i) for i in ids][-2:] == ["Ġthere", "?"] and wid[-2:] == [3, 3]
+    assert tk.id_to_token(ids[-1]) == "?" and wid[-2:] == [2, 2]    # "there?": two sub-tokens
     assert len(ids) < W_TEXT                                    # one window, padded with <pad>
     want = reference(ids)
     assert_close_to_scale(pred.token_fn(np.asarray(ids)), want, 1e-4)
@@ -204,7 +204,7 @@ def test_et2_windows_blend_linearly(et2):
     each window's own prediction; inside, weights 1/4, 2/4, 3/4 on the later window."""
     path, tk, reference = et2
     pred = etp.load_et2(path, max_len=32, overlap=3)
-    ids = tk.encode(" ".join(SENTENCE * 2), add_special_tokens=False).ids[:23]
+    ids = tk.encode(" ".join(SENTENCE * 3), add_special_tokens=False).ids[:23]
     assert len(ids) == 23 and etp.window_starts(23, W_TEXT, 3) == [0, 7, 14]
     got = pred.token_fn(np.asarray(ids))
     r0, r1, r2 = reference(ids[0:10]), reference(ids[7:17]), reference(ids[14:23])
