@@ -21,7 +21,8 @@ Arguments (comma-separated after the colon):
              a Hugging Face Llama / Mistral / Gemma directory (config.json, safetensors,
              tokenizer.json + tokenizer_config.json): the decoder's shape comes from its
              config.json and the special ids from its tokenizer; config.model's sizes are
-             then unused. A jaxrec decoder directory (decoder.json) works too.
+             then unused, and lr is the paper's 5e-5. A jaxrec decoder directory
+             (decoder.json) works too.
   regime     lora (default with decoder_checkpoint: the paper's) | full (default otherwise:
              the decoder is random-init here) | frozen (set config.model.pretrain_steps > 0
              or decoder_checkpoint first so lora/frozen start from a pretrained decoder)
@@ -100,7 +101,8 @@ def get_config(arg=None):
     c.model.p1 = 0.1
     c.model.p2 = 0.3
     c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 3e-3
+    # 5e-5 is the paper's for a pretrained LLM; a decoder trained from scratch here needs more.
+    c.optim.lr = 5e-5 if a["decoder_checkpoint"] else 3e-3
     c.optim.weight_decay = 0.1
     c.optim.warmup_fraction = 0.1
     c.optim.min_lr_ratio = 0.7
