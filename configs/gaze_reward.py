@@ -29,7 +29,7 @@ Arguments (comma-separated after the colon):
   seed       training seed
   smoke      a few steps on tiny data (CI)
 
-Paper settings kept (spec §2.4): AdamW (0.9, 0.999), weight decay 0.1, cosine schedule with 10 %
+Paper settings kept (the authors' training setup): AdamW (0.9, 0.999), weight decay 0.1, cosine schedule with 10 %
 warm-up floored at 0.7 x lr, LoRA r=8 alpha=32 dropout 0.1, projector 128 wide with dropouts
 0.1 / 0.3. Changed for CPU [inferred]: a 2-layer d=64 decoder trained from scratch (no pretrained
 LLM offline), lr 3e-3 (5e-5 is for a pretrained 8B model; 1e-3 barely moved the
@@ -80,7 +80,7 @@ def get_config(arg=None):
     c.data.max_et_len = 32
     c.data.predictor = a["predictor"]  # proxy | bilstm | et1:DIR | et2:DIR
     c.data.bilstm_steps = 300
-    c.data.remap = "sum_split"         # ET1 path; 'first' = ET2 path (spec §2.1)
+    c.data.remap = "sum_split"         # ET1 path; 'first' = ET2 path (the authors' remapping)
     c.model = ml_collections.ConfigDict()
     c.model.variant = a["variant"]
     c.model.features = a["features"]
