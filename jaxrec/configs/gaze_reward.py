@@ -1,6 +1,7 @@
-r"""GazeReward (Lopez-Cardona et al., ICLR 2025; spec llm.md §2): a reward model over a tiny
-Llama-family decoder that reads predicted eye-tracking features, trained with the
-Bradley–Terry loss and scored by pairwise accuracy.
+r"""GazeReward (Lopez-Cardona et al., ICLR 2025, arXiv 2410.01532): a reward model over a
+Llama-family decoder (tiny and random by default, or a pretrained Hugging Face checkpoint) that
+reads predicted eye-tracking features, trained with the Bradley–Terry loss and scored by
+pairwise accuracy.
 
 Arguments (comma-separated after the colon):
   variant    none (baseline) | concat (GazeConcat, default) | add (GazeAdd)
@@ -8,16 +9,27 @@ Arguments (comma-separated after the colon):
              validation.jsonl; the validation file is the test split, 15 % of train (seed 42)
              the validation split)
   data_dir   local copy of the preference data
-  predictor  proxy (default: word length, wordfreq frequency, position, punctuation) |
-             bilstm (an ET1-style BiLSTM fitted to the proxy)
-  features   fcomb2.5 (default: all 5) | fcomb1 | fcomb2.1 | fcomb2.2
-  regime     full (default: the decoder is random-init here) | lora | frozen
-             (set config.model.pretrain_steps > 0 first so lora/frozen start from a decoder
-             pretrained on the pairs' texts)
+  predictor  the eye-tracking predictor (jaxrec.backbones.et_predictors documents the formats):
+             proxy (default: word length, wordfreq frequency, position, punctuation) |
+             bilstm (an ET1-style BiLSTM fitted to the proxy here) |
+             et1:DIR (an ET1-style BiLSTM regressor directory: config.json, model.safetensors,
+             tokenizer.json) | et2:DIR (a Hugging Face RoBERTa token-classification directory
+             whose head gives the features)
+  features   fcomb2.5 (default: all 5) | fcomb1 | fcomb2.1 | fcomb2.2 (a predictor that gives
+             only TRT, like the paper's ET1, needs fcomb1)
+  decoder_checkpoint
+             a Hugging Face Llama / Mistral / Gemma directory (config.json, safetensors,
+             tokenizer.json + tokenizer_config.json): the decoder's shape comes from its
+             config.json and the special ids from its tokenizer; config.model's sizes are
+             then unused, and lr is the paper's 5e-5. A jaxrec decoder directory
+             (decoder.json) works too.
+  regime     lora (default with decoder_checkpoint: the paper's) | full (default otherwise:
+             the decoder is random-init here) | frozen (set config.model.pretrain_steps > 0
+             or decoder_checkpoint first so lora/frozen start from a pretrained decoder)
   seed       training seed
   smoke      a few steps on tiny data (CI)
 
-Paper settings kept (spec §2.4): AdamW (0.9, 0.999), weight decay 0.1, cosine schedule with 10 %
+Paper settings kept (the authors' training setup): AdamW (0.9, 0.999), weight decay 0.1, cosine schedule with 10 %
 warm-up floored at 0.7 x lr, LoRA r=8 alpha=32 dropout 0.1, projector 128 wide with dropouts
 0.1 / 0.3. Changed for CPU [inferred]: a 2-layer d=64 decoder trained from scratch (no pretrained
 LLM offline), lr 3e-3 (5e-5 is for a pretrained 8B model; 1e-3 barely moved the
@@ -29,6 +41,7 @@ Commands:
   python -m jaxrec.main --config=configs/gaze_reward.py:variant=add --workdir=/tmp/gaze_add
   python -m jaxrec.main --config=configs/gaze_reward.py:source=oasst1,data_dir=$HOME/data/oasst1 --workdir=runs/oasst1_gaze
   python -m jaxrec.main --config=configs/gaze_reward.py:smoke --workdir=/tmp/smoke
+  python -m jaxrec.main --config=configs/gaze_reward.py:decoder_checkpoint=$HOME/models/llama3-8b,predictor=et2:$HOME/models/et2,features=fcomb2.2 --workdir=runs/llama3_gaze
 """
 
 import ml_collections
@@ -36,7 +49,7 @@ import ml_collections
 from jaxrec import config_util
 
 ARGS = dict(variant="concat", source="synthetic", data_dir="", predictor="proxy", features="fcomb2.5",
-            regime="full", seed=0, smoke=False)
+            regime="", decoder_checkpoint="", seed=0, smoke=False)
 
 
 def get_config(arg=None):
@@ -65,20 +78,22 @@ def get_config(arg=None):
     c.data.et_piece = 5                # the ET predictor's own tokenizer
     c.data.max_len = 64
     c.data.max_et_len = 32
-    c.data.predictor = a["predictor"]
+    c.data.predictor = a["predictor"]  # proxy | bilstm | et1:DIR | et2:DIR
     c.data.bilstm_steps = 300
-    c.data.remap = "sum_split"         # ET1 path; 'first' = ET2 path (spec §2.1)
+    c.data.remap = "sum_split"         # ET1 path; 'first' = ET2 path (the authors' remapping)
     c.model = ml_collections.ConfigDict()
     c.model.variant = a["variant"]
     c.model.features = a["features"]
-    c.model.regime = a["regime"]
+    c.model.regime = a["regime"] or ("lora" if a["decoder_checkpoint"] else "full")
     c.model.hidden_size = 64
     c.model.intermediate_size = 128
     c.model.num_layers = 2
     c.model.num_heads = 4
     c.model.max_position_embeddings = 128
     c.model.pretrain_steps = 0         # > 0: causal-LM pretraining of the decoder on the pairs' texts (cached)
-    c.model.decoder_checkpoint = ""    # a saved jaxrec decoder (jaxrec.backbones.decoder_lm) to start from
+    # A Hugging Face Llama-family directory or a saved jaxrec decoder to start from; its shape
+    # replaces the five sizes above.
+    c.model.decoder_checkpoint = a["decoder_checkpoint"]
     c.model.lora_rank = 8
     c.model.lora_alpha = 32.0
     c.model.lora_dropout = 0.1
@@ -86,7 +101,8 @@ def get_config(arg=None):
     c.model.p1 = 0.1
     c.model.p2 = 0.3
     c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 3e-3
+    # 5e-5 is the paper's for a pretrained LLM; a decoder trained from scratch here needs more.
+    c.optim.lr = 5e-5 if a["decoder_checkpoint"] else 3e-3
     c.optim.weight_decay = 0.1
     c.optim.warmup_fraction = 0.1
     c.optim.min_lr_ratio = 0.7

@@ -18,6 +18,8 @@ Pieces:
   most ``piece`` characters) that records which word every token belongs to. Two of them
   with different piece sizes stand for the ET predictor's tokenizer (T5/RoBERTa in the paper)
   and the LLM's.
+* :class:`TextTokenizer`: a Hugging Face fast tokenizer (a pretrained LLM's, or an ET
+  predictor's) with the same word alignment, through character offsets.
 * :func:`proxy_features`: the offline ET predictor of §2.6 — nFix, FFD, GPT, TRT, fixProp per
   word from word length, ``wordfreq`` Zipf frequency, relative position and punctuation.
 * :func:`remap_sum_split` / :func:`remap_first`: moving features between tokenizations
@@ -27,6 +29,7 @@ Pieces:
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import hashlib
@@ -262,6 +265,107 @@ def synthetic_pairs(n: int, seed: int = 0, *, common: int = 2000, rare: tuple = 
 from jaxrec.backbones.tokenizers import PieceTokenizer  # noqa: E402
 
 
+class TextTokenizer:
+    """A Hugging Face fast tokenizer (``tokenizer.json``) behind the word-aligned interface of
+    :class:`PieceTokenizer` (``encode_words``, ``vocab_size``, ``pad_id``, ``bos_id``, ``eos_id``).
+
+    Words are aligned through character **offsets**, not the tokenizer's own ``word_ids``: a
+    pre-tokenizer's "words" split punctuation ("there?" is two of them for a byte-level BPE),
+    while the eye-tracking features belong to whitespace words. The words are joined by single
+    spaces and encoded in one piece (so a byte-level BPE sees the spaces it was trained with), and
+    every token belongs to the word holding the first non-space character of its span; a token
+    covering only spaces (a lone ``Ġ`` / ``▁``) or no characters (specials) belongs to no word
+    (-1).
+
+    Attributes:
+      backend: the ``tokenizers.Tokenizer``.
+      pad_id, bos_id, eos_id: special ids, None where the tokenizer has no such token (a
+        Llama-3 tokenizer has no pad token; code pads with :attr:`fill_id` under a zero mask).
+      source: the directory it was read from (named in error messages).
+    """
+
+    def __init__(self, backend, *, pad_id=None, bos_id=None, eos_id=None, source: str = ""):
+        self.backend = backend
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.source = source
+
+    @classmethod
+    def from_dir(cls, path: str, what: str = "tokenizer") -> "TextTokenizer":
+        """The tokenizer saved in directory ``path`` (``tokenizer.json``; special tokens from
+        ``tokenizer_config.json`` / ``special_tokens_map.json`` through
+        ``transformers.AutoTokenizer``; a bare ``tokenizer.json`` gives no special ids).
+
+        Raises:
+          FileNotFoundError: no ``tokenizer.json`` (the message names ``what`` and the path).
+          ValueError: the files cannot be read as a fast tokenizer.
+        """
+        file = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{what} {path!r}: no tokenizer.json (a Hugging Face fast tokenizer is "
+                                    "needed to align words to tokens)")
+        has_config = any(os.path.isfile(os.path.join(path, f))
+                         for f in ("tokenizer_config.json", "special_tokens_map.json"))
+        try:
+            if not has_config:
+                from tokenizers import Tokenizer
+                return cls(Tokenizer.from_file(file), source=path)
+            from transformers import AutoTokenizer   # lazy: a slow import
+            tok = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, TypeError, KeyError) as e:   # the libraries' own errors
+            raise ValueError(f"{what} {path!r}: cannot read the tokenizer files ({type(e).__name__}: {e})") from None
+        except Exception as e:   # tokenizers raises its own Exception subclass for a bad tokenizer.json
+            raise ValueError(f"{file}: not a valid tokenizer ({e})") from None
+        if not getattr(tok, "is_fast", False):
+            raise ValueError(f"{what} {path!r}: {type(tok).__name__} is not a fast tokenizer (tokenizer.json)")
+        ids = {k: getattr(tok, f"{k}_token_id") for k in ("pad", "bos", "eos", "cls", "sep")}
+        return cls(tok.backend_tokenizer, pad_id=ids["pad"], bos_id=ids["bos"] if ids["bos"] is not None else ids["cls"],
+                   eos_id=ids["eos"] if ids["eos"] is not None else ids["sep"], source=path)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (added tokens included): every id is ``< vocab_size``."""
+        return int(self.backend.get_vocab_size(with_added_tokens=True))
+
+    @property
+    def fill_id(self) -> int:
+        """The id written at padded positions: pad, else eos, else 0 (masked out either way)."""
+        for i in (self.pad_id, self.eos_id):
+            if i is not None:
+                return int(i)
+        return 0
+
+    def encode(self, text: str) -> list:
+        """Token ids of ``text`` (no special tokens)."""
+        return list(self.backend.encode(text, add_special_tokens=False).ids)
+
+    def encode_words(self, words: Sequence[str], first_word: int = 0) -> tuple[list, list]:
+        """``(token ids, word index of every token)`` of ``" ".join(words)``, words numbered from
+        ``first_word``; -1 for tokens of no word. Words must not contain whitespace."""
+        starts, pos = [], 0
+        for w in words:
+            starts.append(pos)
+            pos += len(w) + 1
+        text = " ".join(words)
+        enc = self.backend.encode(text, add_special_tokens=False)
+        wid = []
+        for s, e in enc.offsets:
+            span = text[s:e]
+            k = len(span) - len(span.lstrip())
+            if s + k >= e:
+                wid.append(-1)
+            else:
+                wid.append(first_word + bisect.bisect_right(starts, s + k) - 1)
+        return list(enc.ids), wid
+
+
+def special_ids(tok) -> tuple:
+    """``(bos or None, eos or None, fill)`` of a tokenizer: the ids that open and close a
+    sequence and the one written at padded positions (:class:`PieceTokenizer`: its
+    :data:`BOS`, :data:`EOS`, :data:`PAD`)."""
+    fill = tok.fill_id if hasattr(tok, "fill_id") else tok.pad_id
+    return tok.bos_id, tok.eos_id, fill
+
+
 # -------------------------------------------------------------------------- ET proxy
 # Linear reading-time model per word [inferred: the classic predictors of spec §2.6 — length,
 # frequency, position, punctuation — with weights chosen to give E-Z-Reader-like magnitudes in
@@ -387,16 +491,20 @@ def _pad(rows, length, value=0, dtype=np.int32, tail=()):
     return out
 
 
-def encode_pairs(pairs: Pairs, llm_tok: PieceTokenizer, et_tok: PieceTokenizer, *, max_len: int,
+def encode_pairs(pairs: Pairs, llm_tok, et_tok, *, max_len: int,
                  max_et_len: int, predictor: Callable[[list, list, list], np.ndarray] | None = None,
                  remap: str = "sum_split", cache: FeatureCache | None = None) -> dict:
     """Token ids, masks and gaze features of both sides of every pair (right-padded).
 
-    The LLM input is ``<s> user: <prompt> assistant: <response> </s>`` (the role markers are
-    word-less tokens, word index -1); the predictor reads prompt + response words only (spec
-    §2.1: role markers stripped). ``predictor(words, et_ids, et_word_ids) -> [M, 5]`` returns
-    features on the ET tokens; default: :func:`proxy_features` per word split over the word's
-    ET tokens. Too-long inputs are truncated (the paper truncates at 1350 tokens).
+    ``llm_tok`` / ``et_tok``: word-aligned tokenizers (:class:`PieceTokenizer` or
+    :class:`TextTokenizer`). The LLM input is ``<bos> user: <prompt> assistant: <response> <eos>``
+    with the tokenizer's own special ids (a missing bos / eos is left out), encoded as one text
+    so a BPE sees its spaces; the role markers are word-less tokens (word index -1). The
+    predictor reads prompt + response words only (spec §2.1: role markers stripped).
+    ``predictor(words, et_ids, et_word_ids) -> [M, 5]`` returns features on the ET tokens;
+    default: :func:`proxy_features` per word split over the word's ET tokens. Too-long inputs are
+    truncated (the paper truncates at 1350 tokens). Padded positions hold the tokenizer's pad id
+    (its eos without one; masked out either way).
 
     Returns:
       for ``side`` in (``chosen``, ``rejected``): ``{side}_ids [N, T]``, ``{side}_mask [N, T]``,
@@ -409,18 +517,19 @@ def encode_pairs(pairs: Pairs, llm_tok: PieceTokenizer, et_tok: PieceTokenizer, 
     if predictor is None:
         def predictor(words, et_ids, et_wid):
             return words_to_tokens(proxy_features(words), et_wid)
+    bos, eos, fill = special_ids(llm_tok)
+    head, tail = [] if bos is None else [int(bos)], [] if eos is None else [int(eos)]
     out = {}
-    u_ids, _ = llm_tok.encode_words([USER])
-    a_ids, _ = llm_tok.encode_words([ASSISTANT])
     for side, responses in (("chosen", pairs.chosen), ("rejected", pairs.rejected)):
         ids_rows, gaze_rows, et_rows = [], [], []
         for prompt, resp in zip(pairs.prompt, responses):
             pw, rw = prompt.split(), resp.split()
             words = pw + rw
-            p_ids, p_wid = llm_tok.encode_words(pw)
-            r_ids, r_wid = llm_tok.encode_words(rw, first_word=len(pw))
-            ids = [BOS] + u_ids + p_ids + a_ids + r_ids + [EOS]
-            wid = [-1] * (1 + len(u_ids)) + p_wid + [-1] * len(a_ids) + r_wid + [-1]
+            # Word k of [USER] + pw + [ASSISTANT] + rw is feature word renum[k] (-1: a marker).
+            renum = np.array([-1] + list(range(len(pw))) + [-1] + list(range(len(pw), len(words))))
+            body, bwid = llm_tok.encode_words([USER] + pw + [ASSISTANT] + rw)
+            ids = head + list(body) + tail
+            wid = [-1] * len(head) + [int(renum[w]) if w >= 0 else -1 for w in bwid] + [-1] * len(tail)
             ids, wid = ids[:max_len], wid[:max_len]
             et_ids, et_wid = et_tok.encode_words(words)
             et_ids, et_wid = et_ids[:max_et_len], et_wid[:max_et_len]
@@ -428,7 +537,7 @@ def encode_pairs(pairs: Pairs, llm_tok: PieceTokenizer, et_tok: PieceTokenizer, 
             ids_rows.append(ids)
             et_rows.append(feats)
             gaze_rows.append(REMAPS[remap](feats, et_wid, wid))
-        out[f"{side}_ids"] = _pad(ids_rows, max_len)
+        out[f"{side}_ids"] = _pad(ids_rows, max_len, fill)
         out[f"{side}_mask"] = _pad([[1] * len(r) for r in ids_rows], max_len)
         out[f"{side}_gaze"] = _pad(gaze_rows, max_len, 0.0, np.float32, (5,))
         out[f"{side}_et"] = _pad(et_rows, max_et_len, 0.0, np.float32, (5,))

@@ -2,36 +2,39 @@
 
 Paper: Lopez-Cardona, Segura, Karatzoglou, Abadal, Arapakis, "Seeing Eye to AI: Human
 Alignment via Gaze-Based Response Rewards for Large Language Models", ICLR 2025,
-arXiv 2410.01532; spec ``llm.md`` §2 (§2.1 predictors, §2.2 reward model, §2.4 training,
-§2.6 the CPU reproduction).
+arXiv 2410.01532 (method: ET predictors, GazeConcat / GazeAdd reward models; experiments: training).
 
-* ET predictors: the offline reading-time proxy (:func:`jaxrec.data.preferences.proxy_features`)
-  and :class:`ET1BiLSTM`, a small ET1-style BiLSTM (spec §2.1: embedding -> dropout -> 2-layer
-  BiLSTM -> dropout -> Linear -> ReLU -> Linear) trained here to imitate the proxy
-  (:func:`train_et_bilstm`), both with the 5-feature interface (nFix, FFD, GPT, TRT, fixProp).
-* :class:`ETProjector` (spec §2.2): ``Linear(F->w) -> LayerNorm -> ReLU -> Dropout(p1) ->
+* ET predictors (:mod:`jaxrec.backbones.et_predictors`, ``config.data.predictor``): the offline
+  reading-time proxy (:func:`jaxrec.data.preferences.proxy_features`), a BiLSTM fitted to it
+  here, or an ET1-style BiLSTM / ET2-style RoBERTa regressor read from a directory, all with
+  the 5-feature interface (nFix, FFD, GPT, TRT, fixProp).
+* :class:`ETProjector`: ``Linear(F->w) -> LayerNorm -> ReLU -> Dropout(p1) ->
   Linear(w->H) -> Dropout(p2) -> LayerNorm(H)``.
 * :class:`GazeRewardModel`: a Llama-family decoder (:mod:`jaxrec.backbones.llama`) with a scalar
-  head pooled at the **last non-pad token** (spec §2.2: HF pools at -1, which can be a pad);
-  ``variant`` ``none`` (baseline), ``concat`` (GazeConcat: ``<eye/> f(g_1..g_m) </eye>`` before
-  the text, g in the ET tokenizer's space) or ``add`` (GazeAdd: ``E(x_t) + f(g~_t)`` with g
-  remapped to the LLM's tokens). The two delimiter embeddings are their own parameters
-  (``eye_tokens [2, H]``) rather than rows appended to the (possibly frozen) table — the same
-  function as resizing the table, without touching the checkpoint's embedding.
-* The decoder's starting weights (``config.model.pretrain_steps`` > 0 or
-  ``config.model.decoder_checkpoint``): :func:`jaxrec.backbones.decoder_lm.get_decoder`, a
-  causal-LM pretraining on the training pairs' rendered texts, cached as a checkpoint shared by
-  every variant and seed (or a saved / Hugging Face decoder), standing in for the pretrained LLM.
+  head pooled at the **last non-pad token** (HF pools at -1, which can be a pad under right
+  padding); ``variant`` ``none`` (baseline), ``concat`` (GazeConcat: ``<eye/> f(g_1..g_m) </eye>``
+  before the text, g in the ET tokenizer's space) or ``add`` (GazeAdd: ``E(x_t) + f(g~_t)`` with g
+  remapped to the LLM's tokens through the words). The two delimiter embeddings are their own
+  parameters (``eye_tokens [2, H]``) rather than rows appended to the (possibly frozen) table —
+  the same function as resizing the table, without touching the checkpoint's embedding.
+* The decoder (:func:`load_decoder`): a Hugging Face Llama / Mistral / Gemma checkpoint
+  (``config.model.decoder_checkpoint``; its ``config.json`` fixes the shape, its tokenizer the
+  ids), a decoder pretrained here on the pairs' texts (``config.model.pretrain_steps`` > 0,
+  cached and shared by every variant and seed), or a random one of ``config.model``'s sizes.
 * :func:`bt_loss`: Bradley–Terry ``-log sigmoid(r_c - r_r)`` (TRL's RewardTrainer);
   :func:`pairwise_accuracy`: ``mean[r_c > r_r]``; :class:`PairwiseEvaluator`.
 
-Training regimes (``config.model.regime``, spec §2.4 and §3): ``lora`` (projector, eye tokens,
-score head, final norm and q/v LoRA; the paper's), ``frozen`` (no LoRA), ``full``.
-The data kind is ``'preferences'`` (:func:`preference_task`).
+Training regimes (``config.model.regime``): ``lora`` (projector, eye tokens, score head, final
+norm and q/v LoRA; the paper's), ``frozen`` (no LoRA), ``full``. The state holds only the
+trainable leaves; the frozen ones (the pretrained weights) are :func:`make_consts`, an argument
+of the jitted step rather than a closure constant, so the compiled program does not grow with
+the model. The data kind is ``'preferences'`` (:func:`preference_task`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -41,8 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec.backbones import decoder_lm
-from jaxrec.backbones.llama import LlamaConfig, LlamaModel
+from jaxrec.backbones import decoder_lm, et_predictors, hf
+from jaxrec.backbones.llama import LlamaConfig, LlamaModel, load_llama
 from jaxrec.data import preferences as prefs
 from jaxrec.data import tasks
 from jaxrec.peft import freeze
@@ -55,81 +58,13 @@ SIDES = ("chosen", "rejected")
 # Trainable parameters per regime (regexes over '/'-joined paths of the 'params' tree).
 HEAD_PATTERNS = (r"^et_proj/", r"^eye_tokens$", r"^score/", r"^decoder/norm/")
 REGIMES = {"frozen": HEAD_PATTERNS, "lora": HEAD_PATTERNS + (r"(^|/)lora_[ab]$",), "full": (r".*",)}
-
-
-# ------------------------------------------------------------------------- ET predictors
-class ET1BiLSTM(nn.Module):
-    """ET1-style predictor (spec §2.1): ``ids [B, M], mask [B, M] -> [B, M, 5]``.
-
-    The paper's ET1 has a frozen 512-d T5 embedding and 128 units per direction; here the
-    embedding is trained with the rest (no T5 offline) and widths are config fields.
-    """
-
-    vocab_size: int
-    embed_dim: int = 64
-    hidden: int = 32
-    num_layers: int = 2
-    dropout: float = 0.2
-    num_features: int = 5
-
-    @nn.compact
-    def __call__(self, ids: Array, mask: Array, deterministic: bool = True) -> Array:
-        lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
-        x = nn.Embed(self.vocab_size, self.embed_dim)(ids)
-        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-        for i in range(self.num_layers):
-            x = nn.Bidirectional(nn.RNN(nn.OptimizedLSTMCell(self.hidden)),
-                                 nn.RNN(nn.OptimizedLSTMCell(self.hidden)), name=f"bilstm_{i}")(
-                x, seq_lengths=lengths)
-        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-        x = nn.relu(nn.Dense(2 * self.hidden)(x))
-        return nn.Dense(self.num_features)(x) * mask[..., None]
-
-
-def train_et_bilstm(ids: np.ndarray, mask: np.ndarray, targets: np.ndarray, vocab_size: int, *,
-                    steps: int = 200, batch_size: int = 64, lr: float = 3e-3, seed: int = 0, **kw):
-    """Fits :class:`ET1BiLSTM` to per-token targets (the proxy) by masked MSE.
-
-    Args:
-      ids, mask: ``[N, M]`` ET-token ids and mask; targets: ``[N, M, 5]``.
-
-    Returns:
-      ``(model, params, losses [steps])``.
-    """
-    model = ET1BiLSTM(vocab_size, **kw)
-    params = model.init(jax.random.key(seed), jnp.asarray(ids[:2]), jnp.asarray(mask[:2]))
-
-    def loss_fn(p, b_ids, b_mask, b_y, r):
-        pred = model.apply(p, b_ids, b_mask, deterministic=False, rngs={"dropout": r})
-        err = ((pred - b_y) ** 2).sum(-1) * b_mask
-        return err.sum() / jnp.maximum(b_mask.sum(), 1)
-
-    params, losses = decoder_lm.fit_minibatch(loss_fn, params, (ids, mask, targets), steps, batch_size, lr, seed)
-    return model, params, losses
-
-
-@functools.lru_cache(maxsize=None)
-def _bilstm_apply(model: ET1BiLSTM):
-    return jax.jit(model.apply)
-
-
-def bilstm_predictor(model: ET1BiLSTM, params, max_et_len: int):
-    """A ``predictor(words, et_ids, et_word_ids) -> [M, 5]`` for
-    :func:`jaxrec.data.preferences.encode_pairs` (one padded row per call, jitted once)."""
-    apply = _bilstm_apply(model)
-
-    def predictor(words, et_ids, et_wid):
-        m = len(et_ids)
-        ids = np.zeros((1, max_et_len), np.int32)
-        mask = np.zeros((1, max_et_len), np.int32)
-        ids[0, :m], mask[0, :m] = et_ids, 1
-        return np.asarray(apply(params, ids, mask))[0, :m]
-    return predictor
+# Leaves no pretrained decoder holds: initialised from the rng even when one is loaded.
+NEW_LEAVES = (r"^(et_proj|eye_tokens|score)(/|$)", r"(^|/)lora_[ab]$")
 
 
 # ---------------------------------------------------------------------------- model
 class ETProjector(nn.Module):
-    """``g [..., F] -> [..., H]`` (spec §2.2)."""
+    """``g [..., F] -> [..., H]`` (the paper's ET projector)."""
 
     hidden: int
     width: int = 128
@@ -219,34 +154,49 @@ def pairwise_accuracy(r_chosen, r_rejected) -> float:
 # ---------------------------------------------------------------------------- state
 @flax.struct.dataclass
 class State:
-    params: Any
+    params: Any                       # the trainable leaves of the 'params' tree only
     opt_state: Any
     step: Array
     model: GazeRewardModel = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
-def _decoder_config(config, vocab_size: int) -> LlamaConfig:
+def decoder_config(config, task) -> LlamaConfig:
+    """The reward model's decoder: the checkpoint's shape (``task.extras['decoder_config']``,
+    from its ``config.json`` / ``decoder.json``) when there is one, else ``config.model``'s
+    fields over the task's vocabulary; no LM head; q/v LoRA in the ``lora`` regime."""
     m = config.model
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=int(m.hidden_size),
+    lora = dict(lora_rank=int(m.lora_rank) if m.regime == "lora" else 0, lora_alpha=float(m.lora_alpha),
+                lora_dropout=float(m.lora_dropout), with_lm_head=False)
+    base = task.extras.get("decoder_config")
+    if base is not None:
+        return dataclasses.replace(base, **lora)
+    return LlamaConfig(vocab_size=int(task.extras["vocab_size"]), hidden_size=int(m.hidden_size),
                        intermediate_size=int(m.intermediate_size), num_layers=int(m.num_layers),
-                       num_heads=int(m.num_heads), max_position_embeddings=int(m.max_position_embeddings),
-                       with_lm_head=False,
-                       lora_rank=int(m.lora_rank) if m.regime == "lora" else 0,
-                       lora_alpha=float(m.lora_alpha), lora_dropout=float(m.lora_dropout))
+                       num_heads=int(m.num_heads), max_position_embeddings=int(m.max_position_embeddings), **lora)
 
 
-def build_model(config, vocab_size: int) -> GazeRewardModel:
-    """The :class:`GazeRewardModel` of ``config.model`` over a vocabulary of ``vocab_size``."""
+def build_model(config, task) -> GazeRewardModel:
+    """The :class:`GazeRewardModel` of ``config.model`` around :func:`decoder_config`."""
     m = config.model
-    fc = m.features
-    features = prefs.FCOMBS[fc] if isinstance(fc, str) else tuple(int(x) for x in fc)
-    return GazeRewardModel(_decoder_config(config, vocab_size), m.variant, features,
+    if m.regime not in REGIMES:
+        raise ValueError(f"config.model.regime must be one of {sorted(REGIMES)}, got {m.regime!r}")
+    return GazeRewardModel(decoder_config(config, task), m.variant, feature_mask(config),
                            int(m.proj_width), float(m.p1), float(m.p2))
 
 
+def feature_mask(config) -> tuple:
+    """``config.model.features`` (a name of :data:`~jaxrec.data.preferences.FCOMBS` or 5 flags)."""
+    fc = config.model.features
+    if isinstance(fc, str):
+        if fc not in prefs.FCOMBS:
+            raise ValueError(f"config.model.features must be one of {sorted(prefs.FCOMBS)} or 5 flags, got {fc!r}")
+        return prefs.FCOMBS[fc]
+    return tuple(int(x) for x in fc)
+
+
 def make_optimizer(config, num_steps: int) -> optax.GradientTransformation:
-    """AdamW with cosine decay after a linear warm-up, floored at ``min_lr_ratio * lr`` (spec §2.4)."""
+    """AdamW with cosine decay after a linear warm-up, floored at ``min_lr_ratio * lr`` (the authors' training script)."""
     o = config.optim
     lr = float(o.lr)
     warm = max(int(float(o.warmup_fraction) * num_steps), 1)
@@ -274,42 +224,87 @@ def rewards(model: GazeRewardModel, params, batch: dict, deterministic: bool = T
     return r[:b], r[b:]
 
 
-def init(rng, task, config) -> State:
-    """Parameters of the reward model and a masked AdamW (regime ``config.model.regime``)."""
-    if config.model.regime not in REGIMES:
-        raise ValueError(f"config.model.regime must be one of {sorted(REGIMES)}, got {config.model.regime!r}")
-    model = build_model(config, int(task.extras["vocab_size"]))
-    batch = task.example_batch(2)
-    params = model.init(rng, *_both(batch))
-    pre = task.extras.get("pretrained_decoder")
-    if pre is not None:
-        # Pretrained weights replace the random ones; LoRA leaves (absent from ``pre``) stay.
-        params = {"params": dict(params["params"], decoder=decoder_lm.merge_params(
-            params["params"]["decoder"], pre, "decoder"))}
-    num_steps = int(config.train.get("num_steps", 0) or 0) or task.steps_per_epoch * int(config.train.get("num_epochs", 1))
-    # Only the patterns of modules this variant has (masked_optimizer rejects unmatched ones).
+def _patterns(model: GazeRewardModel, regime: str) -> tuple:
+    """The regime's trainable patterns, less those of modules this variant lacks (an unmatched
+    pattern is an error in :func:`jaxrec.peft.freeze.param_labels`)."""
     absent = {"none": ("et_proj", "eye_tokens"), "add": ("eye_tokens",), "concat": ()}[model.variant]
-    patterns = tuple(p for p in REGIMES[config.model.regime] if not any(a in p for a in absent))
-    tx = freeze.masked_optimizer(make_optimizer(config, num_steps), params["params"], patterns)
-    # The masked transform sees the inner 'params' tree (its path patterns start there).
-    return State(params, tx.init(params["params"]), jnp.zeros((), jnp.int32), model, tx)
+    return tuple(p for p in REGIMES[regime] if not any(a in p for a in absent))
 
 
-def train_step(state: State, batch, rng, consts=None):
+def _initial_params(model: GazeRewardModel, task, config, rng) -> dict:
+    """The full ``'params'`` tree before training.
+
+    With a pretrained decoder (``task.extras['pretrained_decoder']``) its leaves are copied in
+    and only the new leaves (:data:`NEW_LEAVES`) are initialised from ``rng`` — the decoder's
+    random init is never materialised. Without one, the decoder is random: from ``rng`` in the
+    ``full`` regime; otherwise (frozen leaves) from a key of ``config.seed`` alone, so that
+    :func:`make_consts`, which has no ``rng``, rebuilds the same frozen leaves.
+    """
+    ex = _both(task.example_batch(2))
+    pre = task.extras.get("pretrained_decoder")
+    if pre is None:
+        params = hf.template_params(model, ex, rng)
+        if config.model.regime != "full":
+            seeded = hf.template_params(model, ex, jax.random.fold_in(jax.random.key(int(config.seed)), 1))
+            params = dict(params, decoder=seeded["decoder"])
+        return params
+    params = hf.template_params(model, ex, rng, concrete=NEW_LEAVES)
+    dec = decoder_lm.merge_params(params["decoder"], pre, "decoder")
+    left = [hf.path_str(p) for p, v in jax.tree_util.tree_flatten_with_path(dec)[0]
+            if isinstance(v, jax.ShapeDtypeStruct)]
+    if left:
+        raise ValueError(f"the pretrained decoder has no value for decoder leaves {left[:5]} "
+                         f"({task.extras.get('decoder_source', '')})")
+    return dict(params, decoder=dec)
+
+
+def _split(model, task, config, rng) -> tuple:
+    params = _initial_params(model, task, config, rng)
+    labels = freeze.param_labels(params, _patterns(model, config.model.regime))
+    return freeze.split_trainable(params, labels)
+
+
+def init(rng, task, config) -> State:
+    """The trainable leaves of the reward model (regime ``config.model.regime``) and their
+    AdamW state; the frozen ones are :func:`make_consts`'."""
+    model = build_model(config, task)
+    trainable, _ = _split(model, task, config, rng)
+    num_steps = int(config.train.get("num_steps", 0) or 0) or task.steps_per_epoch * int(config.train.get("num_epochs", 1))
+    tx = make_optimizer(config, num_steps)
+    return State(trainable, tx.init(trainable), jnp.zeros((), jnp.int32), model, tx)
+
+
+def make_consts(config, task) -> dict:
+    """``{'frozen': the frozen leaves}`` (the pretrained decoder's weights outside the
+    regime's trainable set): a jit argument of every step — never closed over, which would
+    compile them into the program as constants — and never checkpointed."""
+    model = build_model(config, task)
+    _, frozen = _split(model, task, config, jax.random.key(0))   # the rng only draws new, trainable leaves
+    return {"frozen": jax.tree.map(jnp.asarray, frozen)}
+
+
+def full_params(state: State, consts) -> dict:
+    """The complete ``{'params': ...}`` variables: trainable state leaves + frozen consts."""
+    return {"params": freeze.merge(state.params, consts["frozen"] if consts else {})}
+
+
+def train_step(state: State, batch, rng, consts):
     """One Bradley–Terry step; metrics ``loss``, ``accuracy`` (training batch), ``margin``."""
+    frozen = consts["frozen"] if consts else {}
+
     def loss_fn(p):
-        r_c, r_r = rewards(state.model, {"params": p}, batch, deterministic=False, rng=rng)
+        r_c, r_r = rewards(state.model, {"params": freeze.merge(p, frozen)}, batch, deterministic=False, rng=rng)
         return bt_loss(r_c, r_r), (r_c, r_r)
-    (loss, (r_c, r_r)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params["params"])
-    upd, opt = state.tx.update(g, state.opt_state, state.params["params"])
-    params = {"params": optax.apply_updates(state.params["params"], upd)}
+    (loss, (r_c, r_r)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    upd, opt = state.tx.update(g, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, upd)
     metrics = {"loss": loss, "accuracy": jnp.mean(r_c > r_r), "margin": jnp.mean(r_c - r_r)}
     return state.replace(params=params, opt_state=opt, step=state.step + 1), metrics
 
 
-def predict(state: State, batch, consts=None) -> Array:
+def predict(state: State, batch, consts) -> Array:
     """Rewards ``[B, 2]``: column 0 the chosen response, column 1 the rejected one."""
-    r_c, r_r = rewards(state.model, state.params, batch)
+    r_c, r_r = rewards(state.model, full_params(state, consts), batch)
     return jnp.stack([r_c, r_r], axis=1)
 
 
@@ -371,12 +366,20 @@ def preference_task(dataset, config) -> tasks.TaskParts:
     """Data kind for reward models (``config.data.kind = 'jaxrec.methods.gaze_reward.preference_task'``).
 
     Marked :func:`~jaxrec.data.tasks.without_dataset`: no interaction dataset is loaded
-    (``dataset`` is None); preference pairs come from :func:`load_pairs`. Tokenizers are built on the training texts (LLM pieces of
-    ``llm_piece`` characters, ET pieces of ``et_piece``); ET features come from the proxy or
-    from an :class:`ET1BiLSTM` fitted to the proxy on the training texts
-    (``config.data.predictor``), cached by token-id hash, and remapped with
-    ``config.data.remap``. ``extras``: ``vocab_size``, ``et_vocab_size``, ``cache_size`` and,
-    for the BiLSTM, its final imitation loss.
+    (``dataset`` is None); preference pairs come from :func:`load_pairs`.
+
+    * LLM side (:func:`load_decoder`): a Hugging Face checkpoint's own tokenizer and shape
+      (``config.model.decoder_checkpoint``), a decoder pretrained here, or a
+      :class:`~jaxrec.data.preferences.PieceTokenizer` of ``llm_piece`` characters built on the
+      training texts for a random decoder.
+    * ET side (``config.data.predictor``, :mod:`jaxrec.backbones.et_predictors`): the proxy
+      (ET pieces of ``et_piece`` characters), a BiLSTM fitted to the proxy, or an ET1 / ET2
+      predictor directory with its own tokenizer. Features are cached by token-id hash and
+      remapped to the LLM's tokens with ``config.data.remap``.
+
+    ``extras``: ``vocab_size``, ``et_vocab_size``, ``cache_size``, ``predictor``; with a
+    pretrained decoder ``decoder_config``, ``pretrained_decoder`` (its ``'params'`` without a
+    head), ``decoder_source``; ``pretrain_loss`` / ``bilstm_loss`` when trained here.
     """
     d = config.data
     splits = load_pairs(config)
@@ -384,58 +387,122 @@ def preference_task(dataset, config) -> tasks.TaskParts:
     if len(tr) == 0:
         raise ValueError("preference task: the training split has no pairs")
     texts = tr.prompt + tr.chosen + tr.rejected
-    dec = _pretrained_decoder(config, tr)
-    llm_tok = dec.tokenizer if dec is not None else prefs.PieceTokenizer(
-        texts + [prefs.USER, prefs.ASSISTANT], int(d.llm_piece))
-    et_tok = prefs.PieceTokenizer(texts, int(d.et_piece))
-    cache = prefs.FeatureCache()
-    extras = {"vocab_size": llm_tok.vocab_size, "et_vocab_size": et_tok.vocab_size,
-              "name": f"preferences/{d.source}"}
+    dec = load_decoder(config, tr)
+    extras = {"name": f"preferences/{d.source}", "predictor": str(d.predictor)}
+    if dec is None:
+        llm_tok = prefs.PieceTokenizer(texts + [prefs.USER, prefs.ASSISTANT], int(d.llm_piece))
+    else:
+        llm_tok = dec["tokenizer"]
+        extras.update(decoder_config=dec["config"], pretrained_decoder=dec["params"], decoder_source=dec["source"])
+        if "pretrain_loss" in dec:
+            extras["pretrain_loss"] = dec["pretrain_loss"]
+    _check_lengths(config, extras.get("decoder_config"))
+    kind, _ = et_predictors.parse_predictor(d.predictor)
     predictor = None
-    if d.predictor == "bilstm":
-        predictor, extras["bilstm_loss"] = _fit_bilstm(texts, et_tok, int(d.max_et_len), int(d.bilstm_steps),
-                                                       int(d.data_seed))
-    elif d.predictor != "proxy":
-        raise ValueError(f"config.data.predictor must be 'proxy' or 'bilstm', got {d.predictor!r}")
+    if kind in ("et1", "et2"):
+        predictor = et_predictors.load_predictor(str(d.predictor), int(d.max_et_len))
+        et_tok = predictor.tokenizer
+        _check_features(config, predictor)
+    else:
+        et_tok = prefs.PieceTokenizer(texts, int(d.et_piece))
+        if kind == "bilstm":
+            predictor, extras["bilstm_loss"] = _fit_bilstm(texts, et_tok, int(d.max_et_len), int(d.bilstm_steps),
+                                                           int(d.data_seed))
+    cache = prefs.FeatureCache()
+    extras.update(vocab_size=llm_tok.vocab_size, et_vocab_size=et_tok.vocab_size)
     enc = functools.partial(prefs.encode_pairs, llm_tok=llm_tok, et_tok=et_tok, max_len=int(d.max_len),
                             max_et_len=int(d.max_et_len), predictor=predictor, remap=d.remap, cache=cache)
     arrays = {k: enc(v) for k, v in splits.items()}
     extras["cache_size"] = len(cache)
-    if dec is not None:
-        extras["pretrained_decoder"] = dec.backbone_params()
-        extras["pretrain_loss"] = (dec.info.get("loss_first"), dec.info.get("loss_last"))
     return tasks.TaskParts(train=arrays["train"], validation=_eval_set(arrays["validation"]),
                            test=_eval_set(arrays["test"]), extras=extras)
 
 
-def _pretrained_decoder(config, train_pairs):
+def _check_lengths(config, dec_cfg) -> None:
+    """The longest decoder input (``max_len``, plus ``max_et_len + 2`` for GazeConcat) must fit
+    the decoder's position table."""
+    d, m = config.data, config.model
+    longest = int(d.max_len) + (int(d.max_et_len) + 2 if m.variant == "concat" else 0)
+    limit = dec_cfg.max_position_embeddings if dec_cfg is not None else int(m.max_position_embeddings)
+    if longest > limit:
+        raise ValueError(f"config.data.max_len={d.max_len}" + (f" + max_et_len={d.max_et_len} + 2" if m.variant ==
+                         "concat" else "") + f" = {longest} tokens exceed the decoder's max_position_embeddings {limit}")
+
+
+def _check_features(config, predictor) -> None:
+    """Every feature the reward model selects must be one the predictor produces."""
+    want = [f for f, on in zip(prefs.FEATURES, feature_mask(config)) if on]
+    missing = [f for f in want if f not in predictor.features]
+    if missing:
+        raise ValueError(f"config.model.features={config.model.features!r} selects {missing}, which the predictor "
+                         f"{predictor.name!r} does not produce (it gives {list(predictor.features)}); "
+                         "choose a feature combination within them, e.g. fcomb1 for TRT")
+
+
+def load_decoder(config, train_pairs) -> dict | None:
     """The decoder the reward model starts from, or None (random init).
 
-    ``config.model.decoder_checkpoint`` names a saved / Hugging Face decoder; otherwise, with
+    ``config.model.decoder_checkpoint`` names either a Hugging Face Llama / Mistral / Gemma
+    directory (``config.json`` + safetensors + ``tokenizer.json``: the shape comes from its
+    ``config.json``, the special ids from its tokenizer) or a jaxrec decoder
+    (:func:`jaxrec.backbones.decoder_lm.save`, ``decoder.json``). Otherwise, with
     ``config.model.pretrain_steps`` > 0, the decoder pretrained on the training pairs' texts as
     the reward model reads them (``user: <prompt> assistant: <response>``, both responses),
     cached under a key of those texts and the settings (:func:`decoder_lm.get_decoder`), so every
     variant and seed starts from the same weights.
+
+    Returns:
+      ``{'config': LlamaConfig, 'params': 'params' tree without lm_head, 'tokenizer', 'source'}``
+      (+ ``pretrain_loss``), or None.
+
+    Raises:
+      FileNotFoundError / ValueError (CheckpointError): the message names the directory and the
+      file or field (no config.json, a tokenizer with ids beyond the model's vocabulary, ...).
     """
     m, d = config.model, config.data
     ckpt = str(m.get("decoder_checkpoint", "") or "")
+    if ckpt:
+        if not os.path.isdir(ckpt):
+            raise FileNotFoundError(f"config.model.decoder_checkpoint {ckpt!r} is not a directory")
+        if not os.path.isfile(os.path.join(ckpt, "decoder.json")):
+            return _hf_decoder(ckpt)
+        dec = decoder_lm.load(ckpt)
+        return {"config": dec.config, "params": dec.backbone_params(), "tokenizer": dec.tokenizer, "source": ckpt}
     steps = int(m.get("pretrain_steps", 0) or 0)
-    if not ckpt and steps <= 0:
+    if steps <= 0:
         return None
     section = decoder_lm.default_section(
-        checkpoint=ckpt, piece=int(d.llm_piece), mark="", pretrain_steps=steps, max_len=int(d.max_len),
+        piece=int(d.llm_piece), mark="", pretrain_steps=steps, max_len=int(d.max_len),
         seed=int(d.data_seed), **{f: int(m[f]) for f in decoder_lm.ARCH_FIELDS})
     texts = [f"{prefs.USER} {p} {prefs.ASSISTANT} {r}"
              for side in (train_pairs.chosen, train_pairs.rejected) for p, r in zip(train_pairs.prompt, side)]
     dec = decoder_lm.get_decoder(section, texts)
-    if not hasattr(dec.tokenizer, "encode_words"):
-        raise ValueError(f"config.model.decoder_checkpoint={ckpt!r}: GazeReward aligns gaze features to words "
-                         "and needs a jaxrec decoder (PieceTokenizer); this tokenizer has no word alignment")
-    return dec
+    return {"config": dec.config, "params": dec.backbone_params(), "tokenizer": dec.tokenizer,
+            "source": dec.info.get("source", "pretrained"),
+            "pretrain_loss": (dec.info.get("loss_first"), dec.info.get("loss_last"))}
+
+
+def _hf_decoder(path: str) -> dict:
+    """A Hugging Face decoder directory: weights without the LM head (:func:`load_llama`) and
+    its own tokenizer; the tokenizer's ids must all be rows of the embedding."""
+    if not os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
+        raise FileNotFoundError(f"config.model.decoder_checkpoint {path!r}: no config.json (a Hugging Face "
+                                "checkpoint) and no decoder.json (a jaxrec decoder)")
+    cfg_json = hf.read_config(path)
+    if "vocab_size" not in cfg_json:
+        raise ValueError(f"{os.path.join(path, hf.CONFIG_FILE)}: missing field 'vocab_size'")
+    tok = prefs.TextTokenizer.from_dir(path, "config.model.decoder_checkpoint")
+    if tok.vocab_size > int(cfg_json["vocab_size"]):
+        raise ValueError(f"config.model.decoder_checkpoint {path!r}: tokenizer.json has {tok.vocab_size} ids but "
+                         f"config.json 'vocab_size' is {cfg_json['vocab_size']}: the tokenizer does not belong to "
+                         "this model")
+    cfg, params = load_llama(path, with_lm_head=False)
+    return {"config": cfg, "params": params, "tokenizer": tok, "source": path}
 
 
 def _fit_bilstm(texts, et_tok, max_et_len: int, steps: int, seed: int):
-    """Fits :class:`ET1BiLSTM` to the proxy on ``texts``; returns ``(predictor, final loss)``."""
+    """Fits a :class:`~jaxrec.backbones.et_predictors.BiLSTMRegressor` to the proxy on
+    ``texts``; returns ``(predictor, final loss)``."""
     ids = np.zeros((len(texts), max_et_len), np.int32)
     mask = np.zeros_like(ids)
     y = np.zeros((len(texts), max_et_len, 5), np.float32)
@@ -445,5 +512,5 @@ def _fit_bilstm(texts, et_tok, max_et_len: int, steps: int, seed: int):
         e_ids, e_wid = e_ids[:max_et_len], e_wid[:max_et_len]
         ids[i, :len(e_ids)], mask[i, :len(e_ids)] = e_ids, 1
         y[i, :len(e_ids)] = prefs.words_to_tokens(prefs.proxy_features(words), e_wid)
-    model, params, losses = train_et_bilstm(ids, mask, y, et_tok.vocab_size, steps=steps, seed=seed)
-    return bilstm_predictor(model, params, max_et_len), float(np.mean(losses[-10:]))
+    cfg, params, losses = et_predictors.train_et_bilstm(ids, mask, y, et_tok.vocab_size, steps=steps, seed=seed)
+    return et_predictors.bilstm_predictor(cfg, params, et_tok, max_et_len), float(np.mean(losses[-10:]))

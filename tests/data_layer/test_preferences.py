@@ -130,3 +130,100 @@ def test_synthetic_pairs_gaze_signal():
     # mean reading time per word separates the sides on most pairs, but not all
     assert 0.7 < np.mean(c < r) < 0.99
     assert prefs.synthetic_pairs(5, seed=1).chosen == p.chosen[:5]
+
+
+# ------------------------------------------------------- Hugging Face tokenizers (offsets)
+def train_bpe(corpus, style="llama3", vocab_size=300):
+    """A BPE tokenizer trained on ``corpus`` whose special ids are not jaxrec's 0/1/2:
+
+    * ``llama3``: byte-level BPE, ``<|begin_of_text|>`` / ``<|end_of_text|>`` appended after the
+      merges, **no pad token** (as Llama 3);
+    * ``gemma``: SentencePiece-style (Metaspace ``▁``) BPE with ``<unk>`` first and ``<pad>``,
+      ``<eos>``, ``<bos>`` appended.
+
+    Returns ``(tokenizers.Tokenizer, transformers.PreTrainedTokenizerFast)``; save the latter
+    with ``save_pretrained`` to get tokenizer.json + tokenizer_config.json.
+    """
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    if style == "llama3":
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        tk.train_from_iterator(corpus, trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+        tk.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
+        specials = dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    else:
+        tk = Tokenizer(models.BPE(unk_token="<unk>"))
+        tk.pre_tokenizer = pre_tokenizers.Metaspace()
+        tk.decoder = decoders.Metaspace()
+        tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>"],
+                                                           show_progress=False))
+        tk.add_special_tokens(["<pad>", "<eos>", "<bos>"])
+        specials = dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    return tk, transformers.PreTrainedTokenizerFast(tokenizer_object=tk, **specials)
+
+
+CORPUS = ["the cat sat on the mat.", "the dog sat there?", "user: assistant: the cats"] * 5
+
+
+def test_text_tokenizer_aligns_words_by_offsets():
+    """Byte-level BPE: "there?" is one whitespace word but two pre-tokenizer words; offsets put
+    both tokens on it. A lone "Ġ" (a space the BPE could not merge) belongs to no word."""
+    tk, _ = train_bpe(CORPUS)
+    tok = prefs.TextTokenizer(tk)
+    ids, wid = tok.encode_words(["the", "cats", "sat", "there?"], first_word=3)
+    assert [tk.id_to_token(i) for i in ids] == ["the", "Ġcats", "Ġsat", "Ġthere", "?"]
+    assert wid == [3, 4, 5, 6, 6]
+    ids, wid = tok.encode_words(["sat", "?", "zq"])
+    assert [tk.id_to_token(i) for i in ids] == ["sat", "Ġ", "?", "Ġ", "z", "q"]
+    assert wid == [0, -1, 1, -1, 2, 2]
+    assert tok.vocab_size == tk.get_vocab_size() and (tok.pad_id, tok.bos_id) == (None, None)
+
+
+def test_text_tokenizer_from_dir_reads_special_ids(tmp_path):
+    _, fast = train_bpe(CORPUS)
+    fast.save_pretrained(str(tmp_path / "l3"))
+    tok = prefs.TextTokenizer.from_dir(str(tmp_path / "l3"))
+    n = tok.vocab_size
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (n - 2, n - 1, None)   # Llama 3: no pad
+    assert tok.fill_id == n - 1
+    _, fast = train_bpe(CORPUS, "gemma", 200)
+    fast.save_pretrained(str(tmp_path / "g"))
+    g = prefs.TextTokenizer.from_dir(str(tmp_path / "g"))
+    m = g.vocab_size
+    assert (g.pad_id, g.eos_id, g.bos_id, g.fill_id) == (m - 3, m - 2, m - 1, m - 3)
+    ids, wid = g.encode_words(["the", "cats"])     # "▁" word prefixes: the space belongs to no word
+    assert wid == [0] * (len(wid) - len(g.encode(" cats"))) + [1] * len(g.encode(" cats"))
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        prefs.TextTokenizer.from_dir(str(tmp_path))
+
+
+@pytest.mark.parametrize("remap", ["sum_split", "first"])
+def test_encode_pairs_with_a_bpe_tokenizer_by_hand(remap):
+    """The LLM side is one BPE text with the tokenizer's own bos/eos (no pad: padded with eos);
+    ET features (token j of the ET tokenizer gets j + 1) reach the LLM tokens through words."""
+    tk, _ = train_bpe(CORPUS)
+    n = tk.get_vocab_size()
+    llm = prefs.TextTokenizer(tk, bos_id=n - 2, eos_id=n - 1)
+    pairs = prefs.Pairs(["the dog sat?"], ["the cats sat there?"], ["mat"])
+    et = prefs.PieceTokenizer(pairs.prompt + pairs.chosen + pairs.rejected, 2)
+
+    def predictor(words, et_ids, et_wid):
+        return np.repeat(np.arange(1, len(et_ids) + 1, dtype=np.float32)[:, None], 5, 1)
+
+    a = prefs.encode_pairs(pairs, llm, et, max_len=18, max_et_len=20, predictor=predictor, remap=remap)
+    toks = [tk.id_to_token(int(i)) for i in a["chosen_ids"][0][:15]]
+    assert toks == ["<|begin_of_text|>", "user", ":", "Ġthe", "Ġdog", "Ġsat", "?", "Ġassistant", ":", "Ġthe",
+                    "Ġcats", "Ġsat", "Ġthere", "?", "<|end_of_text|>"]
+    assert a["chosen_mask"][0].tolist() == [1] * 15 + [0] * 3
+    assert a["chosen_ids"][0][15:].tolist() == [n - 1] * 3
+    # ET pieces of 2: th|e do|g sa|t? th|e ca|ts sa|t th|er|e? -> values 1..15; word sums
+    # 3, 7, 11, 15, 19, 23, 42; first-token values 1, 3, 5, 7, 9, 11, 13.
+    if remap == "sum_split":
+        want = [0, 0, 0, 3, 7, 5.5, 5.5, 0, 0, 15, 19, 23, 21, 21, 0, 0, 0, 0]
+    else:
+        want = [0, 0, 0, 1, 3, 5, 0, 0, 0, 7, 9, 11, 13, 0, 0, 0, 0, 0]
+    np.testing.assert_allclose(a["chosen_gaze"][0][:, 3], want)
+    np.testing.assert_allclose(a["chosen_et"][0][:15, 0], np.arange(1, 16))

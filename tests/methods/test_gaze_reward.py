@@ -8,6 +8,7 @@ import pytest
 
 from configs import gaze_reward as gaze_config
 from jaxrec import experiment
+from jaxrec.backbones import et_predictors as etp
 from jaxrec.backbones.llama import LlamaConfig
 from jaxrec.data import preferences as prefs
 from jaxrec.methods import gaze_reward as gr
@@ -106,17 +107,20 @@ def test_lora_regime_freezes_the_decoder(smoke_task):
     c, task = smoke_task
     c = gaze_config.get_config("smoke,regime=lora")
     state = gr.init(jax.random.key(0), task, c)
+    consts = gr.make_consts(c, task)
     step = jax.jit(gr.train_step)
     new = state
     for s in range(3):   # the warm-up's first learning rate is 0
-        new, metrics = step(new, task.example_batch(8), jax.random.key(s), None)
-    flat0 = {freeze.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(state.params["params"])}
-    flat1 = {freeze.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(new.params["params"])}
+        new, metrics = step(new, task.example_batch(8), jax.random.key(s), consts)
+    # the frozen decoder weights are consts, not state: neither trained nor checkpointed
+    assert "embed_tokens" not in state.params["decoder"]
+    assert "kernel" not in state.params["decoder"]["layers_0"]["self_attn"]["q_proj"]
+    flat0 = {freeze.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(gr.full_params(state, consts))}
+    flat1 = {freeze.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(gr.full_params(new, consts))}
     q = "decoder/layers_0/self_attn/q_proj/"
-    assert np.array_equal(flat0[q + "kernel"], flat1[q + "kernel"])
-    assert np.array_equal(flat0["decoder/embed_tokens/embedding"], flat1["decoder/embed_tokens/embedding"])
-    assert not np.array_equal(flat0[q + "lora_b"], flat1[q + "lora_b"])   # lora_b starts at 0
-    assert not np.array_equal(flat0["et_proj/Dense_0/kernel"], flat1["et_proj/Dense_0/kernel"])
+    assert np.array_equal(flat0["params/" + q + "kernel"], flat1["params/" + q + "kernel"])
+    assert not np.array_equal(flat0["params/" + q + "lora_b"], flat1["params/" + q + "lora_b"])   # starts at 0
+    assert not np.array_equal(flat0["params/et_proj/Dense_0/kernel"], flat1["params/et_proj/Dense_0/kernel"])
     assert np.isfinite(float(metrics["loss"]))
 
 
@@ -130,7 +134,7 @@ def test_bt_training_loss_falls(smoke_task):
     batch = task.example_batch(16)
     losses = []
     for s in range(40):
-        state, m = step(state, batch, jax.random.key(s), None)
+        state, m = step(state, batch, jax.random.key(s), gr.make_consts(c, task))
         losses.append(float(m["loss"]))
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
 
@@ -147,10 +151,11 @@ def test_bilstm_imitates_the_proxy():
         e, w = e[:16], w[:16]
         ids[i, :len(e)], mask[i, :len(e)] = e, 1
         y[i, :len(e)] = prefs.words_to_tokens(prefs.proxy_features(t.split()), w)
-    model, params, losses = gr.train_et_bilstm(ids, mask, y, tok.vocab_size, steps=60, batch_size=32)
+    cfg, params, losses = etp.train_et_bilstm(ids, mask, y, tok.vocab_size, steps=60, batch_size=32)
     assert losses[-5:].mean() < 0.3 * losses[:3].mean()
-    pred = gr.bilstm_predictor(model, params, 16)(texts[0].split(), ids[0][mask[0] > 0], None)
-    assert pred.shape == (int(mask[0].sum()), 5)
+    m = int(mask[0].sum())
+    pred = etp.bilstm_predictor(cfg, params, tok, 16)(texts[0].split(), ids[0][:m], None)
+    assert pred.shape == (m, 5)
 
 
 def test_smoke_run_through_the_trainer(tmp_path, smoke_task):
@@ -192,7 +197,7 @@ def test_pretrained_decoder_is_loaded(tmp_path):
     assert last < 0.8 * first                      # the LM loss falls
     np.testing.assert_array_equal(task_again.extras["pretrained_decoder"]["norm"]["weight"], pre["norm"]["weight"])
     state = gr.init(jax.random.key(0), task, c)
-    dec = state.params["params"]["decoder"]
+    dec = gr.full_params(state, gr.make_consts(c, task))["params"]["decoder"]
     np.testing.assert_array_equal(dec["embed_tokens"]["embedding"], pre["embed_tokens"]["embedding"])
     np.testing.assert_array_equal(dec["layers_0"]["self_attn"]["q_proj"]["kernel"],
                                   pre["layers_0"]["self_attn"]["q_proj"]["kernel"])
@@ -201,13 +206,15 @@ def test_pretrained_decoder_is_loaded(tmp_path):
 
 @pytest.mark.parametrize("variant", ["none", "add"])
 def test_frozen_regime_trains_only_the_head(smoke_task, variant):
-    """Every variant builds its regime mask (patterns of absent modules are dropped)."""
+    """Every variant builds its regime split (patterns of absent modules are dropped): the
+    state holds exactly the head leaves, the consts the whole decoder but its final norm."""
     _, task = smoke_task
     c = gaze_config.get_config(f"smoke,regime=frozen,variant={variant}")
     state = gr.init(jax.random.key(0), task, c)
-    labels = freeze.param_labels(state.params["params"], gr.REGIMES["frozen"][2:3])
-    assert "trainable" in jax.tree_util.tree_leaves(labels)
-    trainable, total = freeze.count_params(
-        state.params["params"], freeze.param_labels(state.params["params"], [
-            p for p in gr.REGIMES["frozen"] if not (variant == "none" and "et_proj" in p) and "eye" not in p]))
-    assert 0 < trainable < total
+    consts = gr.make_consts(c, task)
+    top = {"none": ["decoder", "score"], "add": ["decoder", "et_proj", "score"]}[variant]
+    assert sorted(state.params) == top and list(state.params["decoder"]) == ["norm"]
+    assert "norm" not in consts["frozen"]["decoder"] and "layers_1" in consts["frozen"]["decoder"]
+    trainable, _ = freeze.count_params(state.params)
+    frozen, _ = freeze.count_params(consts["frozen"])
+    assert 0 < trainable < frozen
