@@ -60,7 +60,7 @@ import numpy as np
 
 from jaxrec import storage
 from jaxrec.backbones import hf
-from jaxrec.data import preferences as prefs
+from jaxrec.backbones.tokenizers import ET_FEATURES, TextTokenizer
 
 Array = Any
 ET1_TYPE = "jaxrec_et1_bilstm"
@@ -86,9 +86,9 @@ class ET1Config:
 
     def __post_init__(self):
         object.__setattr__(self, "features", tuple(self.features))
-        bad = [f for f in self.features if f not in prefs.FEATURES]
+        bad = [f for f in self.features if f not in ET_FEATURES]
         if bad or not self.features:
-            raise ValueError(f"ET1Config.features must name some of {prefs.FEATURES}, got {list(self.features)}")
+            raise ValueError(f"ET1Config.features must name some of {ET_FEATURES}, got {list(self.features)}")
 
 
 def _reversal(lengths: Array, m: int) -> Array:
@@ -183,7 +183,7 @@ def save_et1(path: str, cfg: ET1Config, params: dict, tokenizer) -> str:
 
     Args:
       cfg: the model's shape; params: its ``'params'`` tree; tokenizer: a
-        ``tokenizers.Tokenizer`` (or a :class:`~jaxrec.data.preferences.TextTokenizer`).
+        ``tokenizers.Tokenizer`` (or a :class:`~jaxrec.backbones.tokenizers.TextTokenizer`).
     """
     from safetensors.numpy import save_file
     backend = getattr(tokenizer, "backend", tokenizer)
@@ -221,14 +221,14 @@ def read_et1_config(path: str) -> ET1Config:
     if raw.get("format_version") != ET1_VERSION:
         raise ValueError(f"{where}: field 'format_version' must be {ET1_VERSION}, got {raw.get('format_version')!r}")
     feats = raw.get("features")
-    if not isinstance(feats, list) or not feats or any(f not in prefs.FEATURES for f in feats):
-        raise ValueError(f"{where}: field 'features' must be a non-empty list of {list(prefs.FEATURES)}, got {feats!r}")
+    if not isinstance(feats, list) or not feats or any(f not in ET_FEATURES for f in feats):
+        raise ValueError(f"{where}: field 'features' must be a non-empty list of {list(ET_FEATURES)}, got {feats!r}")
     fields = {f: _int_field(raw, f, where) for f in ("vocab_size", "embed_dim", "hidden_size", "num_layers",
                                                      "head_size")}
     return ET1Config(features=tuple(feats), **fields)
 
 
-def load_et1(path: str) -> tuple[ET1Config, dict, prefs.TextTokenizer]:
+def load_et1(path: str) -> tuple[ET1Config, dict, TextTokenizer]:
     """``(config, params, tokenizer)`` of an ET1 directory.
 
     Raises:
@@ -237,7 +237,7 @@ def load_et1(path: str) -> tuple[ET1Config, dict, prefs.TextTokenizer]:
         ids than the embedding has rows.
     """
     cfg = read_et1_config(path)
-    tok = prefs.TextTokenizer.from_dir(path, "ET1 predictor")
+    tok = TextTokenizer.from_dir(path, "ET1 predictor")
     if tok.vocab_size > cfg.vocab_size:
         raise ValueError(f"ET1 predictor {path!r}: tokenizer.json has {tok.vocab_size} ids but config.json "
                          f"'vocab_size' is {cfg.vocab_size}")
@@ -270,7 +270,7 @@ class Predictor:
     def __call__(self, words: Sequence[str], et_ids: Sequence[int], et_wid: Sequence[int]) -> np.ndarray:
         """``[M, 5]`` features of the ``M`` ET tokens (``words`` unused: the model reads ids)."""
         m = len(et_ids)
-        out = np.zeros((m, len(prefs.FEATURES)), np.float32)
+        out = np.zeros((m, len(ET_FEATURES)), np.float32)
         if m == 0:
             return out
         y = np.asarray(self.token_fn(np.asarray(et_ids, np.int32)), np.float32)
@@ -279,7 +279,7 @@ class Predictor:
             first = (wid >= 0) & np.concatenate([[True], wid[1:] != wid[:-1]])
             y = y * first[:, None]
         for j, f in enumerate(self.features):
-            out[:, prefs.FEATURES.index(f)] = y[:, j]
+            out[:, ET_FEATURES.index(f)] = y[:, j]
         return out
 
 
@@ -320,7 +320,7 @@ def train_et_bilstm(ids: np.ndarray, mask: np.ndarray, targets: np.ndarray, voca
       ``(config, params, losses [steps])``.
     """
     from jaxrec.backbones.decoder_lm import fit_minibatch   # decoder_lm imports this package's data side
-    cfg = ET1Config(vocab_size, embed_dim, hidden_size, num_layers, 2 * hidden_size, prefs.FEATURES)
+    cfg = ET1Config(vocab_size, embed_dim, hidden_size, num_layers, 2 * hidden_size, ET_FEATURES)
     model = BiLSTMRegressor(cfg)
     params = model.init(jax.random.key(seed), jnp.asarray(ids[:2]), jnp.asarray(mask[:2]))["params"]
 
@@ -344,11 +344,11 @@ def _et2_features(raw: dict, where: str) -> tuple:
     else:
         n = raw.get("num_labels")
         names = [f"LABEL_{i}" for i in range(n)] if isinstance(n, int) else []
-    if names and all(n in prefs.FEATURES for n in names) and len(set(names)) == len(names):
+    if names and all(n in ET_FEATURES for n in names) and len(set(names)) == len(names):
         return tuple(names)
-    if len(names) == len(prefs.FEATURES) and all(n == f"LABEL_{i}" for i, n in enumerate(names)):
-        return prefs.FEATURES
-    raise ValueError(f"{where}: field 'id2label' must name the head's outputs from {list(prefs.FEATURES)} "
+    if len(names) == len(ET_FEATURES) and all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return ET_FEATURES
+    raise ValueError(f"{where}: field 'id2label' must name the head's outputs from {list(ET_FEATURES)} "
                      f"(or be 5 generic labels, meaning that order), got {names!r}")
 
 
@@ -401,7 +401,7 @@ def load_et2(path: str, max_len: int, overlap: int = ET2_OVERLAP) -> Predictor:
         raise ValueError(f"{where}: field 'model_type' must be one of {list(ET2_TYPES)} for an ET2 predictor, "
                          f"got {raw.get('model_type')!r}")
     features = _et2_features(raw, where)
-    tok = prefs.TextTokenizer.from_dir(path, "ET2 predictor")
+    tok = TextTokenizer.from_dir(path, "ET2 predictor")
     cfg, enc_params = load_bert(path)
     if tok.bos_id is None or tok.eos_id is None:
         raise ValueError(f"ET2 predictor {path!r}: the tokenizer has no <s>/</s> (bos/cls, eos/sep) token")

@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-FEATURES = ("nFix", "FFD", "GPT", "TRT", "fixProp")   # ET2's output order (spec §2.1)
+from jaxrec.backbones.tokenizers import ET_FEATURES as FEATURES, TextTokenizer  # noqa: E402,F401
 # Feature combinations of the paper (spec §2.1), as masks over FEATURES.
 FCOMBS = {"fcomb1": (0, 0, 0, 1, 0), "fcomb2.1": (0, 0, 0, 1, 0), "fcomb2.2": (0, 1, 0, 1, 0),
           "fcomb2.5": (1, 1, 1, 1, 1)}
@@ -263,99 +263,6 @@ def synthetic_pairs(n: int, seed: int = 0, *, common: int = 2000, rare: tuple = 
 # The tokenizer lives with the decoders (it is saved as a standard tokenizer.json with them);
 # re-exported here, where the reward-model data pipeline has always imported it from.
 from jaxrec.backbones.tokenizers import PieceTokenizer  # noqa: E402
-
-
-class TextTokenizer:
-    """A Hugging Face fast tokenizer (``tokenizer.json``) behind the word-aligned interface of
-    :class:`PieceTokenizer` (``encode_words``, ``vocab_size``, ``pad_id``, ``bos_id``, ``eos_id``).
-
-    Words are aligned through character **offsets**, not the tokenizer's own ``word_ids``: a
-    pre-tokenizer's "words" split punctuation ("there?" is two of them for a byte-level BPE),
-    while the eye-tracking features belong to whitespace words. The words are joined by single
-    spaces and encoded in one piece (so a byte-level BPE sees the spaces it was trained with), and
-    every token belongs to the word holding the first non-space character of its span; a token
-    covering only spaces (a lone ``Ġ`` / ``▁``) or no characters (specials) belongs to no word
-    (-1).
-
-    Attributes:
-      backend: the ``tokenizers.Tokenizer``.
-      pad_id, bos_id, eos_id: special ids, None where the tokenizer has no such token (a
-        Llama-3 tokenizer has no pad token; code pads with :attr:`fill_id` under a zero mask).
-      source: the directory it was read from (named in error messages).
-    """
-
-    def __init__(self, backend, *, pad_id=None, bos_id=None, eos_id=None, source: str = ""):
-        self.backend = backend
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.source = source
-
-    @classmethod
-    def from_dir(cls, path: str, what: str = "tokenizer") -> "TextTokenizer":
-        """The tokenizer saved in directory ``path`` (``tokenizer.json``; special tokens from
-        ``tokenizer_config.json`` / ``special_tokens_map.json`` through
-        ``transformers.AutoTokenizer``; a bare ``tokenizer.json`` gives no special ids).
-
-        Raises:
-          FileNotFoundError: no ``tokenizer.json`` (the message names ``what`` and the path).
-          ValueError: the files cannot be read as a fast tokenizer.
-        """
-        file = os.path.join(path, "tokenizer.json")
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"{what} {path!r}: no tokenizer.json (a Hugging Face fast tokenizer is "
-                                    "needed to align words to tokens)")
-        has_config = any(os.path.isfile(os.path.join(path, f))
-                         for f in ("tokenizer_config.json", "special_tokens_map.json"))
-        try:
-            if not has_config:
-                from tokenizers import Tokenizer
-                return cls(Tokenizer.from_file(file), source=path)
-            from transformers import AutoTokenizer   # lazy: a slow import
-            tok = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError, TypeError, KeyError) as e:   # the libraries' own errors
-            raise ValueError(f"{what} {path!r}: cannot read the tokenizer files ({type(e).__name__}: {e})") from None
-        except Exception as e:   # tokenizers raises its own Exception subclass for a bad tokenizer.json
-            raise ValueError(f"{file}: not a valid tokenizer ({e})") from None
-        if not getattr(tok, "is_fast", False):
-            raise ValueError(f"{what} {path!r}: {type(tok).__name__} is not a fast tokenizer (tokenizer.json)")
-        ids = {k: getattr(tok, f"{k}_token_id") for k in ("pad", "bos", "eos", "cls", "sep")}
-        return cls(tok.backend_tokenizer, pad_id=ids["pad"], bos_id=ids["bos"] if ids["bos"] is not None else ids["cls"],
-                   eos_id=ids["eos"] if ids["eos"] is not None else ids["sep"], source=path)
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids (added tokens included): every id is ``< vocab_size``."""
-        return int(self.backend.get_vocab_size(with_added_tokens=True))
-
-    @property
-    def fill_id(self) -> int:
-        """The id written at padded positions: pad, else eos, else 0 (masked out either way)."""
-        for i in (self.pad_id, self.eos_id):
-            if i is not None:
-                return int(i)
-        return 0
-
-    def encode(self, text: str) -> list:
-        """Token ids of ``text`` (no special tokens)."""
-        return list(self.backend.encode(text, add_special_tokens=False).ids)
-
-    def encode_words(self, words: Sequence[str], first_word: int = 0) -> tuple[list, list]:
-        """``(token ids, word index of every token)`` of ``" ".join(words)``, words numbered from
-        ``first_word``; -1 for tokens of no word. Words must not contain whitespace."""
-        starts, pos = [], 0
-        for w in words:
-            starts.append(pos)
-            pos += len(w) + 1
-        text = " ".join(words)
-        enc = self.backend.encode(text, add_special_tokens=False)
-        wid = []
-        for s, e in enc.offsets:
-            span = text[s:e]
-            k = len(span) - len(span.lstrip())
-            if s + k >= e:
-                wid.append(-1)
-            else:
-                wid.append(first_word + bisect.bisect_right(starts, s + k) - 1)
-        return list(enc.ids), wid
 
 
 def special_ids(tok) -> tuple:

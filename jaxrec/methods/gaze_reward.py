@@ -50,7 +50,7 @@ from jaxrec.data import preferences as prefs
 from jaxrec.data import tasks
 from jaxrec.peft import freeze
 from jaxrec.peft.soft_prompt import concat_blocks, wrap_block
-from jaxrec.train.data import eval_batches
+from jaxrec.runs import eval_batches
 
 Array = Any
 VARIANTS = ("none", "concat", "add")

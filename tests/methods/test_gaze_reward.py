@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import gaze_reward as gaze_config
+from jaxrec.configs import gaze_reward as gaze_config
 from jaxrec import experiment
 from jaxrec.backbones import et_predictors as etp
 from jaxrec.backbones.llama import LlamaConfig

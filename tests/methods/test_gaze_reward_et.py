@@ -18,7 +18,7 @@ import pytest
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from configs import gaze_reward as gaze_config
+from jaxrec.configs import gaze_reward as gaze_config
 from jaxrec.backbones import et_predictors as etp
 from jaxrec.backbones import hf
 from jaxrec.data import preferences as prefs

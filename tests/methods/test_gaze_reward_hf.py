@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import transformers
 
-from configs import gaze_reward as gaze_config
+from jaxrec.configs import gaze_reward as gaze_config
 from jaxrec.backbones.llama import LlamaModel
 from jaxrec.data import preferences as prefs
 from jaxrec.data import tasks
