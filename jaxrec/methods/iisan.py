@@ -36,6 +36,17 @@ Batches are the ``'sequence'`` task's windows (``state [B, L]`` left-padded shif
 ``targets [B, L]`` dense next-item ids); the window of 11 ids is ``state`` plus the last
 target. Evaluation embeds all items once (``eval_consts``) and ranks all N items with the
 history masked (``config.eval.exclude_history``).
+
+Towers: random-init presets, or Hugging Face checkpoint directories
+(``config.iisan.text.ckpt`` / ``config.iisan.image.ckpt``; ``configs/iisan.py``'s
+``text_ckpt=`` / ``image_ckpt=``), the paper's ``bert-base-uncased`` and
+``google/vit-base-patch16-224`` (spec §1.1) or, for Versa, a Llama-family decoder. Titles
+are tokenised by the text checkpoint's own tokenizer (the hash tokenizer of random towers
+is refused with real weights, and so is a tokenizer larger than the embedding table);
+covers are resized and normalised as the image checkpoint's ``preprocessor_config.json``
+says. Covers stay uint8 in the constants and are normalised after the gather
+(:meth:`IISANNet.pixels`); the tap cache is keyed by a hash of the item content and the
+loaded tower weights (:func:`cache_key`).
 """
 
 from __future__ import annotations
