@@ -23,6 +23,9 @@ import numpy as np
 from jaxrec.backbones.hf import CheckpointError
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
+# What a Hugging Face tokenizer is read from (fast tokenizer file first, then the slow ones).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
 
 # IISAN's image normalisation (spec §1.1).
 IISAN_IMAGE_SIZE = 224
@@ -42,9 +45,12 @@ def load_tokenizer(ckpt_dir: str | os.PathLike):
     path = Path(ckpt_dir)
     if not path.is_dir():
         raise CheckpointError(f"tokenizer directory {str(path)!r} does not exist", path)
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise CheckpointError(f"no tokenizer in {str(path)!r}: none of {', '.join(TOKENIZER_FILES)} "
+                              "(download the checkpoint's tokenizer files with its weights)", path)
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"no usable tokenizer in {str(path)!r}: {e}", path) from e
 
 
@@ -60,7 +66,8 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int = IISAN_TEXT_
 
     Returns:
       ``{"input_ids": [B, T] int32, "attention_mask": [B, T] int32}`` plus
-      ``"token_type_ids": [B, T] int32`` when the tokenizer produces them.
+      ``"token_type_ids": [B, T] int32`` when the tokenizer produces them. Padding uses the
+      tokenizer's pad id, or 0 (masked) when it has none.
     """
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
@@ -70,10 +77,19 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int = IISAN_TEXT_
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 (room for special tokens), got {max_length}")
     texts = [t.lower() for t in texts] if lowercase else list(texts)
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        # Decoder tokenizers (Llama's) often define no padding token: pad with id 0 as
+        # IISAN-Versa's released code does (spec §2.3); the mask marks those positions.
+        enc = tokenizer(texts, max_length=max_length, padding=False, truncation=True)
+        out = {k: np.zeros((len(texts), max_length), np.int32) for k in keys if k in enc}
+        for k, arr in out.items():
+            for i, row in enumerate(enc[k]):
+                arr[i, :len(row)] = row
+        return out
     enc = tokenizer(texts, max_length=max_length, padding="max_length", truncation=True, return_tensors="np")
     # JAX's default integer width is 32 bits; int64 would be truncated with a warning anyway.
-    return {k: np.asarray(v, dtype=np.int32) for k, v in enc.items()
-            if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {k: np.asarray(v, dtype=np.int32) for k, v in enc.items() if k in keys}
 
 
 def _resample(value: Any):

@@ -17,8 +17,11 @@ Layout of a cache directory::
 
 Building is resumable: rows are written into the memory-mapped ``.npy`` files in batches
 and ``progress.json`` is updated after each flushed batch, so a killed build continues
-where it stopped. A directory whose ``fingerprint`` (what the taps depend on: towers, tap
-lists, tokenizer, items) differs is rebuilt from scratch, never silently reused.
+where it stopped; a directory with ``progress.json`` is never loaded as a cache. A
+directory whose ``fingerprint`` or ``dtype`` differs is rebuilt from scratch, never
+silently reused. IISAN names each cache after a content hash (:func:`hash_tree` over the
+item content and the tower weights, see ``jaxrec.methods.iisan.cache_key``), so caches of
+other checkpoints, datasets or dtypes live side by side in subdirectories.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Callable, Optional
 import jax
 import ml_dtypes
 import numpy as np
+from flax import traverse_util
 
 META = "meta.json"
 PROGRESS = "progress.json"
@@ -49,6 +53,17 @@ def _write_json(path: str, obj: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f)
     os.replace(tmp, path)                  # atomic: a kill never leaves half a JSON file
+
+
+def hash_tree(h, tree) -> None:
+    """Feeds a nested dict of arrays to the hashlib object ``h``: each leaf's path, shape,
+    dtype and bytes, in sorted path order (device arrays are copied to the host one at a
+    time)."""
+    flat = traverse_util.flatten_dict(dict(tree)) if isinstance(tree, dict) else {(): tree}
+    for path in sorted(flat, key=lambda p: tuple(map(str, p))):
+        a = np.ascontiguousarray(np.asarray(flat[path]))
+        h.update(repr(("/".join(map(str, path)), a.shape, a.dtype.str)).encode())
+        h.update(a.reshape(-1).view(np.uint8))     # any dtype, bfloat16 included
 
 
 def _batches(content: dict, start: int, stop: int, batch_size: int):
@@ -87,7 +102,7 @@ def build(extract: Callable[[dict], dict], content: dict, directory: Optional[st
     if n < 1:
         raise ValueError("tap cache: content has no rows")
     if directory is not None:
-        done = load(directory, fingerprint)
+        done = load(directory, fingerprint, dtype)
         if done is not None:
             return done
     # Output shapes without running the towers.
@@ -139,18 +154,19 @@ def build(extract: Callable[[dict], dict], content: dict, directory: Optional[st
         bar.close()
     if directory is not None:
         os.remove(os.path.join(directory, PROGRESS))
-        return load(directory, fingerprint)
+        return load(directory, fingerprint, dtype)
     return {k: a.view(_real(dtype)) for k, a in arrays.items()}
 
 
-def load(directory: str, fingerprint: str = "") -> Optional[dict]:
-    """A complete cache in ``directory`` built for ``fingerprint`` (memory-mapped), else None."""
+def load(directory: str, fingerprint: str = "", dtype: Optional[str] = None) -> Optional[dict]:
+    """A complete cache in ``directory`` built for ``fingerprint`` (and stored in ``dtype``
+    when given), memory-mapped; else None."""
     meta_path = os.path.join(directory, META)
     if not os.path.exists(meta_path) or os.path.exists(os.path.join(directory, PROGRESS)):
         return None
     with open(meta_path) as f:
         meta = json.load(f)
-    if meta.get("fingerprint") != fingerprint:
+    if meta.get("fingerprint") != fingerprint or (dtype is not None and meta.get("dtype") != dtype):
         return None
     out = {}
     for k, (shape, stored) in meta["arrays"].items():

