@@ -20,6 +20,16 @@ def cache_dir(name: str, override: str = "") -> str:
     return os.path.join(default_data_dir(), name)
 
 
+def format_bytes(n: float) -> str:
+    """``1536 -> '1.5 KiB'`` (binary units, for tables)."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
 def save_tree(path: str, tree: dict) -> None:
     """A nested dict of arrays as one ``.npz`` with '/'-joined keys."""
     flat = {"/".join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree).items()}

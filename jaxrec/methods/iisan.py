@@ -853,7 +853,7 @@ def make_consts(config, task) -> dict:
 def consts_table(consts: dict) -> str:
     """A small table of the constants: one row per array up to two levels deep (deeper
     trees, such as a tower's weights, summed into one row), with shape, dtype and bytes."""
-    from jaxrec.train.memory import format_bytes
+    from jaxrec.storage import format_bytes
     rows = []
 
     def add(name, tree):

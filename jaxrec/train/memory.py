@@ -35,6 +35,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from jaxrec.storage import format_bytes  # noqa: F401  (re-exported)
+
 __all__ = ["StepCost", "abstract", "tree_bytes", "step_cost", "format_bytes"]
 
 
@@ -164,13 +166,3 @@ def compiled_cost(compiled: Any) -> StepCost:
         flops=_as_float(cost.get("flops", float("nan"))),
         bytes_accessed=_as_float(cost.get("bytes accessed", float("nan"))),
     )
-
-
-def format_bytes(n: float) -> str:
-    """``1536 -> '1.5 KiB'`` (binary units, for tables)."""
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
