@@ -112,7 +112,7 @@ def read_artefact(path: str, parts: tasks.TaskParts) -> tuple[dict, dict]:
     with np.load(arrays_path) as z:
         arrays = {k: z[k] for k in z.files}
     rows = {**{k: len(parts.train["action"]) for k in TRAIN_KEYS},
-            "val_le_state": parts.validation.size, "test_le_state": parts.test.size}
+            **dict(zip(EVAL_KEYS, (parts.validation.size, parts.test.size)))}
     for k, n in rows.items():
         if k not in arrays or len(arrays[k]) != n:
             got = "missing" if k not in arrays else f"{len(arrays[k])} rows"

@@ -495,6 +495,15 @@ def _assemble(base: dict, trained: dict) -> dict:
     return {stage: put(with_items, trained[stage]) for stage in ("state", "reward")}
 
 
+def _environment_inputs(dataset, config) -> tuple[list, Any, str]:
+    """(item texts, the seeded training subset, the environment's cache directory)."""
+    section = config.lea
+    texts = decoder_lm.item_texts(dataset.items, dataset.num_items, tuple(section.text_fields))
+    subset = training_subset(dataset.splits["train"], float(section.train_fraction), int(section.seed))
+    key = environment_key(config.decoder, texts, subset, int(config.data.state_len), section)
+    return texts, subset, os.path.join(cache_root(section), f"env-{key}")
+
+
 def get_environment(dataset, config, progress: bool = True) -> Environment:
     """The LE of ``dataset`` under ``config.lea`` / ``config.decoder``: loaded from the cache,
     or trained (stages a, b, c) and saved there first (the trained leaves only: the item
@@ -507,14 +516,10 @@ def get_environment(dataset, config, progress: bool = True) -> Environment:
         (:func:`jaxrec.backbones.decoder_lm.default_section` + ``frozen_dtype``) and
         ``data.state_len``.
     """
-    section, dec_section = config.lea, config.decoder
-    n, state_len = dataset.num_items, int(config.data.state_len)
-    texts = decoder_lm.item_texts(dataset.items, n, tuple(section.text_fields))
-    dec = frozen_decoder.load(dec_section, texts)
-    seed = int(section.seed)
-    subset = training_subset(dataset.splits["train"], float(section.train_fraction), seed)
-    key = environment_key(dec_section, texts, subset, state_len, section)
-    path = os.path.join(cache_root(section), f"env-{key}")
+    section = config.lea
+    n, state_len, seed = dataset.num_items, int(config.data.state_len), int(config.lea.seed)
+    texts, subset, path = _environment_inputs(dataset, config)
+    dec = frozen_decoder.load(config.decoder, texts)
     model = build_model(dec, n, section)
     params = init_params(model, dec, seed)
     if os.path.exists(os.path.join(path, "info.json")):
@@ -703,10 +708,11 @@ def build_artefact(dataset, config, progress: bool = True) -> str:
     """
     parts = tasks.replay_task(dataset, config)
     fp = lea_data.fingerprint(parts)
-    env = get_environment(dataset, config, progress)
-    path = os.path.join(cache_root(config.lea), f"aug-{artefact_key(str(env.info['source']), fp, config)}")
+    env_path = _environment_inputs(dataset, config)[2]
+    path = os.path.join(cache_root(config.lea), f"aug-{artefact_key(env_path, fp, config)}")
     if os.path.exists(os.path.join(path, lea_data.INFO_FILE)):
-        return path
+        return path          # reused without loading the decoder
+    env = get_environment(dataset, config, progress)
     bs = int(config.lea.eval_batch)
     arrays = augment(env, parts.train, config, progress)
     arrays["val_le_state"] = state_vectors(env, parts.validation.arrays["state"], bs)
@@ -729,7 +735,8 @@ def _stage_main(argv) -> None:
     LEA stage and prints the artefact directory (pass it to the training run as
     ``--config.lea.artefact=DIR``, or let the run find it in the cache)."""
     del argv
-    from absl import flags
+    from absl import flags, logging
+    logging.set_verbosity(logging.ERROR)
     config = flags.FLAGS.config
     print(build_artefact(tasks.load_dataset(config), config))
 

@@ -122,6 +122,11 @@ def test_stage_writes_an_artefact_the_data_kind_reads(tiny, tmp_path, monkeypatc
         q = task.test.size                                  # the smoke config keeps the first queries
         np.testing.assert_array_equal(z["test_le_state"][:q], task.test.arrays["le_state"])
     files = _listing(cache)
+    # Built once: the stage finds its artefact without even loading the decoder.
+    with monkeypatch.context() as m:
+        m.setattr(lea.frozen_decoder, "load", boom)
+        reused = tasks.build_task(config, tiny)
+    assert reused.extras["lea"]["source"] == path and _listing(cache) == files
 
     # The data kind with config.lea.artefact reads that directory and runs no stage.
     c2 = _config(cache)

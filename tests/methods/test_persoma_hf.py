@@ -89,10 +89,10 @@ def test_frozen_bf16_and_generation_stops_at_the_tokenizers_eos(checkpoints, sty
     assert task.extras["tokenizer"].decode(toks[0]) == tok.decode([A])
 
 
-@pytest.mark.parametrize("style", STYLES)
-def test_two_steps_through_main(checkpoints, style, tmp_path):
+@pytest.mark.parametrize("style,regime", [("llama3", "frozen"), ("gemma", "lora")])
+def test_two_steps_through_main(checkpoints, style, regime, tmp_path):
     ckpt, _, _ = checkpoints[style]
-    out = run_main([f"--config=configs/persoma.py:{_arg(ckpt)}", "--config.train.num_steps=2",
+    out = run_main([f"--config=configs/persoma.py:{_arg(ckpt)},regime={regime}", "--config.train.num_steps=2",
                     "--config.train.eval_every=2", f"--config.data.emb_cache_dir={tmp_path / 'emb'}"],
                    tmp_path / "run")
     assert out.returncode == 0, out.stderr[-3000:]
