@@ -12,18 +12,27 @@ Arguments (comma-separated after the colon):
             have them offline)
   encoder   gru4rec | caser | nextitnet | sasrec (default)
   raw_dir   raw files of a real dataset
+  decoder_checkpoint  a Hugging Face Llama / Mistral / Gemma directory (config.json, safetensors,
+            tokenizer.json) as the LE's decoder, with its own tokenizer's special ids (default:
+            a small Llama pretrained here on the item texts)
   smoke     a tiny decoder and a few LE steps (CI)
 
 Every LEA detail is unverified (rl.md §8) and a field: config.lea (jaxrec.methods.lea.
 default_section: switches state / rewards / aug, aug_k, aug_weight, aug_q, the LoRA rank,
 the training subset (10 %), the stages' steps) and config.decoder (the decoder's size and
-pretraining, jaxrec.backbones.decoder_lm.default_section). LE state width = decoder width.
+pretraining, jaxrec.backbones.decoder_lm.default_section; its frozen weights are kept as
+config.decoder.frozen_dtype, bfloat16). LE state width = decoder width.
+
+The LE is an earlier stage: it writes an artefact directory (cached under config.lea.cache_dir)
+that the data kind reads; a training run builds it when missing (config.lea.build), or reads
+the one named by config.lea.artefact.
 
 Commands:
   python -m jaxrec.main --config=configs/lea.py --workdir=/tmp/lea_full
   python -m jaxrec.main --config=configs/lea.py:variant=reward,base=sqn --workdir=/tmp/lea_sqn_reward
   python -m jaxrec.main --config=configs/lea.py:dataset=ml100k_recbole,variant=aug --workdir=/tmp/lea_ml
   python -m jaxrec.main --config=configs/lea.py:smoke --workdir=/tmp/lea_smoke --config.lea.aug_k=3
+  python -m jaxrec.methods.lea --config=configs/lea.py:decoder_checkpoint=/models/gemma-2b   # the stage alone
 """
 
 import os
@@ -31,7 +40,7 @@ import os
 from jaxrec import config_util
 
 ARGS = dict(variant="full", base="sa2c", dataset="synthetic", encoder="sasrec", raw_dir="",
-            smoke=False)
+            smoke=False, decoder_checkpoint="")
 VARIANTS = {"base": {}, "state": {"state": "concat"}, "reward": {"rewards": "reward_model"},
             "aug": {"aug": True},
             "full": {"state": "concat", "rewards": "reward_model", "aug": True}}
@@ -56,7 +65,8 @@ def get_config(arg=None):
     c = config_util.load_config_file(os.path.join(os.path.dirname(__file__), f"{a['base']}.py"),
                                      base_arg)
     c.lea = lea.default_section(**VARIANTS[variant])
-    c.decoder = decoder_lm.default_section()
+    c.decoder = decoder_lm.default_section(checkpoint=a["decoder_checkpoint"])
+    c.decoder.frozen_dtype = "bfloat16"
     if variant != "base":
         c.data.kind = "jaxrec.data.lea.lea_task"   # registers kind 'lea' on import
     c.label = f"{a['base']}+lea-{variant}/{a['encoder']}" if variant != "base" else c.label

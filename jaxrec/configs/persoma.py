@@ -15,7 +15,12 @@ Arguments (comma-separated after the colon):
              follow their genres) | ml100k (MovieLens-100K from the recbole wheel: titles + 19 genres,
              no descriptions)
   encoder    minilm (default: offline all-MiniLM-L6-v2, mean-pooled, 384-d) | hash (hashed bag of
-             words through a fixed random projection, for quick runs)
+             words through a fixed random projection, for quick runs) | a BERT-family checkpoint
+             directory (mean-pooled like MiniLM)
+  decoder_checkpoint  a Hugging Face Llama / Mistral / Gemma directory (config.json, safetensors,
+             tokenizer.json) as the decoder, read with its own tokenizer (bos / eos / pad ids are
+             the tokenizer's; without a pad token, as Llama 3, padding uses eos under a zero
+             mask); default: a small Llama pretrained here on the item texts (config.decoder)
   context    text prompting's history budget in tokens (default 96)
   steps      training steps (default 400)
   seed       training seed
@@ -23,7 +28,9 @@ Arguments (comma-separated after the colon):
 
 Settings [inferred; the paper's optimiser, steps, LoRA rank, n and m are UNVERIFIED, spec §1.3]:
 the decoder is a 2-layer d=64 Llama pretrained here on the item texts (config.decoder,
-cached), AdamW lr 3e-3 with 10 % warm-up and cosine decay, LoRA rank 8 on q/v, Perceiver with 8
+cached) unless decoder_checkpoint names one; its frozen weights are stored as
+config.decoder.frozen_dtype (bfloat16; trainable leaves stay float32); AdamW lr 3e-3 with 10 %
+warm-up and cosine decay, LoRA rank 8 on q/v, Perceiver with 8
 latents, targets = the 3 most frequent genres of the user's next 10 items rated >= 4.
 
 Commands:
@@ -32,6 +39,8 @@ Commands:
   python -m jaxrec.main --config=configs/persoma.py:variant=text,regime=full --workdir=/tmp/p_text
   python -m jaxrec.main --config=configs/persoma.py:dataset=ml100k --workdir=/tmp/p_ml100k
   python -m jaxrec.main --config=configs/persoma.py:smoke --workdir=/tmp/smoke
+  python -m jaxrec.main --config=configs/persoma.py:decoder_checkpoint=/models/Llama-3.2-1B,regime=lora \
+      --workdir=/tmp/p_llama
 """
 
 import ml_collections
@@ -40,7 +49,8 @@ from jaxrec import config_util
 from jaxrec.backbones import decoder_lm
 
 ARGS = dict(variant="persoma", resampler="perceiver", sampling="recent", n=50, regime="frozen",
-            dataset="synthetic", encoder="minilm", context=96, steps=400, seed=0, smoke=False)
+            dataset="synthetic", encoder="minilm", context=96, steps=400, seed=0, smoke=False,
+            decoder_checkpoint="")
 VARIANTS = ("persoma", "text", "uem")
 
 
@@ -94,7 +104,8 @@ def get_config(arg=None):
     c.data.max_train_examples = 0
     c.data.max_validation_examples = 0
     c.data.max_test_examples = 0
-    c.decoder = decoder_lm.default_section(pretrain_steps=400)
+    c.decoder = decoder_lm.default_section(pretrain_steps=400, checkpoint=a["decoder_checkpoint"])
+    c.decoder.frozen_dtype = "bfloat16"
     c.model = ml_collections.ConfigDict()
     c.model.resampler = resampler
     c.model.regime = a["regime"]
@@ -123,8 +134,7 @@ def get_config(arg=None):
     if smoke:
         c.data.encoder = "hash"
         c.data.train_cuts = 2
-        c.decoder = decoder_lm.default_section(pretrain_steps=20, hidden_size=32, intermediate_size=64,
-                                               max_position_embeddings=320)
+        c.decoder.update(dict(pretrain_steps=20, hidden_size=32, intermediate_size=64, max_position_embeddings=320))
         c.model.adapter_hidden = 32
         c.model.adapter_layers = 1
         c.train.batch_size = 8

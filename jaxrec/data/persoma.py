@@ -33,11 +33,19 @@ in ``context_tokens``, + ``genres:``.
 
 Item embeddings (the frozen history encoder, spec §1.2 / §1.5): :func:`item_embeddings` encodes
 each item's rendered text once — ``'minilm'`` (default: the offline all-MiniLM-L6-v2 weights,
-mean-pooled over real tokens, 384-d) or ``'hash'`` (a hashed bag of words through a fixed random
-projection: cheap, for smoke runs) — and caches ``[N, d_e]`` on disk keyed by texts + encoder.
+mean-pooled over real tokens, 384-d, :mod:`jaxrec.backbones.text_embed`), any BERT-family
+checkpoint directory (pooled the same way) or ``'hash'`` (a hashed bag of words through a fixed
+random projection: cheap, for smoke runs) — and caches ``[N, d_e]`` on disk keyed by texts + encoder.
 
-``extras``: ``decoder`` (:class:`jaxrec.backbones.decoder_lm.DecoderLM`, pretrained on the item
-texts), ``tokenizer``, ``genre_names``, ``item_emb [N, d_e]``, ``eos_id``, ``prompt_tokens``
+The decoder (``config.decoder``, :func:`jaxrec.backbones.frozen_decoder.load`): pretrained here on
+the item texts (cached), or a Hugging Face Llama / Mistral / Gemma directory
+(``config.decoder.checkpoint``) read with its own tokenizer; its weights are kept as
+``config.decoder.frozen_dtype``. Every special id comes from that tokenizer: the prompt starts
+with its bos, targets end with its eos, padding uses its pad (its eos when it has none, e.g.
+Llama 3; padded slots are masked).
+
+``extras``: ``decoder`` (:class:`jaxrec.backbones.decoder_lm.DecoderLM`), ``tokenizer``,
+``genre_names``, ``item_emb [N, d_e]``, ``eos_id`` (the tokenizer's), ``prompt_tokens``
 (mean real prompt length per split, what the decoder reads besides soft tokens).
 """
 from __future__ import annotations
@@ -50,9 +58,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from jaxrec import storage
-from jaxrec.backbones import decoder_lm
+from jaxrec.backbones import decoder_lm, frozen_decoder, text_embed
 from jaxrec.data import tasks
-from jaxrec.data.preferences import BOS, EOS, PAD
 
 PROMPT = "genres:"
 SEP = ";"
@@ -173,61 +180,34 @@ def _hash_embed(texts: Sequence[str], dim: int, seed: int = 0) -> np.ndarray:
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
 
 
-def _minilm_embed(texts: Sequence[str], max_len: int, batch_size: int = 128) -> np.ndarray:
-    """Mean-pooled (over real tokens) last hidden states of the offline all-MiniLM-L6-v2 (384-d),
-    L2-normalised as sentence-transformers' model does."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxrec.backbones.bert import BertEncoder, load_bert
-    from jaxrec.backbones.preprocess import load_tokenizer, tokenize
-    from jaxrec.methods.iisan import minilm_dir
-
-    d = minilm_dir()
-    cfg, params = load_bert(d)
-    enc = tokenize(load_tokenizer(d), list(texts), max_len, lowercase=True)
-    model = BertEncoder(cfg)
-
-    @jax.jit
-    def embed(params, ids, mask):     # weights as an argument: closed over, XLA constant-folds them slowly
-        h = model.apply({"params": params}, ids, mask).last_hidden_state.astype(jnp.float32)
-        m = mask[..., None].astype(jnp.float32)
-        e = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-        return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-6)
-
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    n = len(ids)
-    out = []
-    for a in range(0, n, batch_size):
-        bi, bm = ids[a:a + batch_size], mask[a:a + batch_size]
-        pad = batch_size - len(bi)
-        if pad:      # one compiled shape
-            bi, bm = np.concatenate([bi, np.repeat(bi[:1], pad, 0)]), np.concatenate([bm, np.repeat(bm[:1], pad, 0)])
-        out.append(np.asarray(embed(params, bi, bm))[:batch_size - pad])
-    return np.concatenate(out).astype(np.float32)
-
-
 def item_embeddings(texts: Sequence[str], encoder: str = "minilm", *, dim: int = 64, max_len: int = 32,
                     cache_dir: str = "") -> np.ndarray:
     """``[N, d_e]`` frozen embeddings of the item texts, computed once and cached on disk.
 
     Args:
-      encoder: ``'minilm'`` (d_e = 384) or ``'hash'`` (d_e = ``dim``).
-      max_len: MiniLM tokens per text.
+      encoder: ``'minilm'`` (the offline all-MiniLM-L6-v2, d_e = 384), a BERT-family Hugging
+        Face directory (mean-pooled the same way, :func:`jaxrec.backbones.text_embed.mean_pooled`;
+        d_e = its width) or ``'hash'`` (d_e = ``dim``).
+      max_len: encoder tokens per text.
       cache_dir: '' = ``$JAXREC_DATA_DIR/persoma_emb``.
     """
-    if encoder not in ("minilm", "hash"):
-        raise ValueError(f"config.data.encoder must be 'minilm' or 'hash', got {encoder!r}")
+    if encoder not in ("minilm", "hash") and not os.path.isdir(encoder):
+        raise ValueError(f"config.data.encoder must be 'minilm', 'hash' or a text-encoder checkpoint "
+                         f"directory, got {encoder!r}")
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8") + b"\x00")
-    h.update(f"{encoder}|{dim}|{max_len}".encode())
+    h.update(f"{os.path.abspath(encoder) if os.path.isdir(encoder) else encoder}|{dim}|{max_len}".encode())
     cache_dir = storage.cache_dir("persoma_emb", cache_dir)
-    path = os.path.join(cache_dir, f"{encoder}-{h.hexdigest()[:16]}.npy")
+    name = encoder if encoder in ("minilm", "hash") else "encoder"
+    path = os.path.join(cache_dir, f"{name}-{h.hexdigest()[:16]}.npy")
     if os.path.exists(path):
         return np.load(path)
     print(f"persoma: encoding {len(texts)} item texts with {encoder} -> {path}", file=sys.stderr, flush=True)
-    emb = _minilm_embed(texts, max_len) if encoder == "minilm" else _hash_embed(texts, dim)
+    if encoder == "hash":
+        emb = _hash_embed(texts, dim)
+    else:
+        emb = text_embed.mean_pooled(texts, text_embed.minilm_dir() if encoder == "minilm" else encoder, max_len)
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.npy"
     np.save(tmp, emb)
@@ -258,8 +238,9 @@ def _arrays(sessions, examples, config, dec, texts, names, rng) -> dict:
     p_len = int(d.context_tokens) + len(tok.encode(PROMPT)) + 1 if mode == "text" else len(tok.encode(PROMPT)) + 1
     t_len = int(d.target_tokens)
     e = len(examples)
+    sp = frozen_decoder.special_ids(tok, str(dec.info.get("source", "")))
     out = {"hist": np.zeros((e, n), np.int32), "hist_mask": np.zeros((e, n), np.int32),
-           "hist_rating": np.zeros((e, n), np.int32), "prompt_ids": np.full((e, p_len), PAD, np.int32),
+           "hist_rating": np.zeros((e, n), np.int32), "prompt_ids": np.full((e, p_len), sp.pad, np.int32),
            "prompt_mask": np.zeros((e, p_len), np.int32), "num_history": np.zeros(e, np.int32),
            "target_genres": np.zeros((e, len(names)), np.int8)}
     targets = []
@@ -273,7 +254,7 @@ def _arrays(sessions, examples, config, dec, texts, names, rng) -> dict:
         out["hist_rating"][k, :m] = np.rint(ratings).astype(np.int32)
         out["num_history"][k] = cut
         out["target_genres"][k] = tg
-        prompt = [BOS]
+        prompt = [sp.bos]
         if mode == "text":
             prompt += render_history(tok, texts, items, ratings, int(d.context_tokens))
         elif mode != "soft":
@@ -303,7 +284,7 @@ def persoma_task(dataset, config) -> tasks.TaskParts:
     n_items = dataset.num_items
     texts = decoder_lm.item_texts(dataset.items, n_items)
     item_genres = _multi_hot(dataset.items, names, n_items)
-    dec = decoder_lm.get_decoder(config.decoder, corpus(texts, names))
+    dec = frozen_decoder.load(config.decoder, corpus(texts, names))
     emb = item_embeddings(texts, str(d.encoder), dim=int(d.hash_dim), max_len=int(d.encoder_max_len),
                           cache_dir=str(d.get("emb_cache_dir", "")))
     rng = np.random.default_rng(int(d.data_seed))
@@ -325,7 +306,7 @@ def persoma_task(dataset, config) -> tasks.TaskParts:
         a = arrays[split]
         evals[split] = tasks.EvalSet(dict(a, target=np.zeros(len(a["hist"]), np.int32)), "genres", ("all",))
     extras = {"decoder": dec, "tokenizer": dec.tokenizer, "genre_names": names, "item_emb": emb,
-              "eos_id": EOS, "item_genres": item_genres,
+              "eos_id": frozen_decoder.special_ids(dec.tokenizer).eos, "item_genres": item_genres,
               "prompt_tokens": {k: float(v["prompt_mask"].sum(1).mean()) for k, v in arrays.items()}}
     return tasks.TaskParts(train=arrays["train"], validation=evals["validation"], test=evals["test"],
                            extras=extras)

@@ -13,12 +13,16 @@ The decoder input is ``[P_u ; Embed(prompt) ; Embed(target)]`` (spec §1.2):
   :mod:`jaxrec.peft.resamplers` (``config.model.resampler``: ``mlp`` / ``transformer`` (k = n),
   ``perceiver`` (k = num_tokens), ``pooled`` = the UEM-style baseline [inferred]) or nothing
   (``none``: the text-prompting baseline, whose prompt already holds the truncated history).
-* ``prompt``: ``<s> genres:`` (left-padded; the text baseline's rendered history before it).
-* ``target``: the genre string + ``</s>``; the loss is the token-level cross-entropy on these
+* ``prompt``: ``<bos> genres:`` (left-padded; the text baseline's rendered history before it).
+* ``target``: the genre string + ``<eos>``; the loss is the token-level cross-entropy on these
   tokens only (soft tokens and prompt masked out, spec §1.2).
 
-The decoder is the small Llama pretrained on the dataset's item texts
-(:mod:`jaxrec.backbones.decoder_lm`, ``config.decoder``), standing in for PaLM 2.
+The decoder stands in for PaLM 2: the small Llama pretrained on the dataset's item texts
+(:mod:`jaxrec.backbones.decoder_lm`), or a Hugging Face Llama / Mistral / Gemma checkpoint
+(``config.decoder.checkpoint``, ``decoder_checkpoint=DIR`` in the config file) with its own
+tokenizer: bos / eos / pad ids are always the tokenizer's (the data kind builds prompts and
+targets with them; generation stops at its eos). Its frozen weights are kept as
+``config.decoder.frozen_dtype`` (bfloat16 by default); trainable leaves are float32.
 
 Regimes (``config.model.regime``, spec §1.3, by parameter-path patterns): ``frozen`` (adapter
 only), ``lora`` (adapter + q/v LoRA), ``full`` (adapter + the whole decoder). Only the trainable
@@ -43,11 +47,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrec.backbones import generation
+from jaxrec.backbones import frozen_decoder, generation
 from jaxrec.backbones.decoder_lm import merge_params
 from jaxrec.backbones.llama import LlamaConfig, LlamaModel
 from jaxrec.data import persoma as _persoma_data  # noqa: F401  (registers data kind 'persoma')
-from jaxrec.data.preferences import EOS
 from jaxrec.peft import freeze
 from jaxrec.peft.resamplers import RESAMPLERS, make_resampler
 from jaxrec.peft.soft_prompt import concat_blocks, left_align
@@ -67,9 +70,11 @@ class PersomaModel(nn.Module):
     prompt_ids [B, P], prompt_mask [B, P]) -> (embeds [B, k + P, D], mask [B, k + P])`` and
     ``__call__(..., target_ids [B, T], target_mask [B, T]) -> logits [B, T, V]`` predicting the
     ``T`` target tokens (position ``k + P - 1 + t`` predicts target token ``t``).
+    ``eos_id``: the tokenizer's end-of-sequence id (generation stops there).
     """
 
     config: LlamaConfig
+    eos_id: int
     resampler: str = "perceiver"
     hidden: int = 128
     num_layers: int = 2
@@ -130,16 +135,17 @@ class State:
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
-def build_model(config, decoder_config: LlamaConfig) -> PersomaModel:
+def build_model(config, decoder_config: LlamaConfig, eos_id: int) -> PersomaModel:
     """:class:`PersomaModel` of ``config.model`` around a decoder of ``decoder_config``
-    (LoRA of rank ``config.model.lora_rank`` on q/v added in the ``lora`` regime)."""
+    (LoRA of rank ``config.model.lora_rank`` on q/v added in the ``lora`` regime) whose
+    tokenizer ends sequences with ``eos_id``."""
     m = config.model
     if m.regime not in REGIMES:
         raise ValueError(f"config.model.regime must be one of {', '.join(REGIMES)}, got {m.regime!r}")
     lora = int(m.lora_rank) if m.regime == "lora" else 0
     cfg = dataclasses.replace(decoder_config, with_lm_head=True, lora_rank=lora, lora_alpha=float(m.lora_alpha),
                               lora_dropout=0.0)
-    return PersomaModel(cfg, str(m.resampler), int(m.adapter_hidden), int(m.adapter_layers), int(m.adapter_heads),
+    return PersomaModel(cfg, int(eos_id), str(m.resampler), int(m.adapter_hidden), int(m.adapter_layers), int(m.adapter_heads),
                         int(m.num_tokens), bool(m.use_rating))
 
 
@@ -167,7 +173,8 @@ def _structure(model: PersomaModel, shapes: tuple):
 
 def _partition(config, task):
     dec = task.extras["decoder"]
-    model = build_model(config, dec.config)
+    eos = frozen_decoder.special_ids(dec.tokenizer, str(dec.info.get("source", ""))).eos
+    model = build_model(config, dec.config, eos)
     ex = _example(task)
     shapes = _structure(model, tuple((tuple(a.shape), a.dtype) for a in ex))
     labels = freeze.param_labels(shapes, _patterns(config))
@@ -239,13 +246,14 @@ def train_step(state: State, batch, rng, consts):
 
 
 def predict(state: State, batch, consts) -> Array:
-    """Greedy answers ``[B, T]`` (``T`` = the target length; ``</s>`` after the end) with the KV cache."""
+    """Greedy answers ``[B, T]`` (``T`` = the target length; the tokenizer's eos after the end)
+    with the KV cache."""
     variables = full_params(state, consts)
     model = state.model
     x, m = model.apply(variables, *_inputs(batch, consts), method=PersomaModel.prefix)
     x, m = left_align(x, m)
     gen = generation.make_generate(LlamaModel(model.config), int(batch["target_ids"].shape[1]),
-                                   eos_id=int(EOS))
+                                   eos_id=model.eos_id)
     return gen({"params": variables["params"]["decoder"]}, x, m, jax.random.key(0))
 
 

@@ -78,8 +78,9 @@ def test_bradley_terry_hand_example_and_reward_model_step(small, tiny):
     state = np.full((40, 10), n, np.int32)
     state[:, :3] = r.integers(0, n, (40, 3))
     pos, neg = r.integers(0, n, 40), r.integers(0, n, 40)
-    p_ids, p_mask = lea.reward_inputs(state, pos, n, v)
-    n_ids, n_mask = lea.reward_inputs(state, neg, n, v)
+    sp = lea.special_ids(dec)
+    p_ids, p_mask = lea.reward_inputs(state, pos, n, v, **sp)
+    n_ids, n_mask = lea.reward_inputs(state, neg, n, v, **sp)
     s2 = lea.default_section(reward_steps=1, batch_size=8, seed=7)
     _, losses = lea.train_reward_model(model, params, p_ids, p_mask, n_ids, n_mask, s2)
     idx = np.random.default_rng(7 + 2).integers(0, 40, 8)          # fit_minibatch's first draw
@@ -92,12 +93,12 @@ def test_bradley_terry_hand_example_and_reward_model_step(small, tiny):
 def test_prefix_and_reward_inputs_layout():
     n, v = 5, 100
     state = np.array([[3, 1, n, n], [n, n, n, n]])
-    ids, mask, count = lea.prefix_tokens(state, n, v)
-    bos, pad = decoder_lm.BOS, decoder_lm.PAD
+    bos, pad = 97, 98               # a tokenizer's own ids, not jaxrec's defaults
+    ids, mask, count = lea.prefix_tokens(state, n, v, bos=bos, pad=pad)
     np.testing.assert_array_equal(ids, [[bos, 103, 101, pad, pad], [bos, pad, pad, pad, pad]])
     np.testing.assert_array_equal(mask, [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
     np.testing.assert_array_equal(count, [2, 0])
-    ids, mask = lea.reward_inputs(state, np.array([4, 2]), n, v)
+    ids, mask = lea.reward_inputs(state, np.array([4, 2]), n, v, bos=bos, pad=pad)
     np.testing.assert_array_equal(ids, [[bos, 103, 101, 104, pad, pad], [bos, 102, pad, pad, pad, pad]])
     np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
 
