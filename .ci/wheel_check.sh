@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 PY="$ROOT/.venv/bin/python"
 WORK="$(mktemp -d /tmp/jaxrec_wheel.XXXXXX)"
-trap 'rm -rf "$WORK"' EXIT
+had_build=0; [ -d "$ROOT/build" ] && had_build=1
+# setuptools stages the wheel in ./build: remove it afterwards unless it was there before
+trap 'rm -rf "$WORK"; [ "$had_build" = 1 ] || rm -rf "$ROOT/build"' EXIT
 "$PY" -m build --wheel --outdir "$WORK/dist" "$ROOT" > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
 WHEEL="$(ls "$WORK"/dist/jaxrec-*.whl)"
 py312="$(bash "$ROOT/.ci/find_python312.sh")"

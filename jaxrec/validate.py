@@ -8,7 +8,7 @@ line with exit status 2. What is checked:
   checkpoints kept, PRNG and compute dtype choices), ``config.optim`` (learning rate,
   Adam's betas and eps, weight decay, clipping), ``config.mesh`` and ``config.seed``;
 * anywhere in the config, by field name: every learning rate (``lr`` / ``*_lr``) is finite and
-  positive, every dropout / noise *rate* (``*dropout*``, ``*_rate``) lies in [0, 1);
+  not negative (0 evaluates a frozen model), every dropout / noise *rate* (``*dropout*``, ``*_rate``) lies in [0, 1);
 * the workdir is not an existing file.
 
 Method-specific fields are checked by each method when it reads them (``hyper`` /
@@ -99,8 +99,9 @@ def check_names(config) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if key == "lr" or key.endswith("_lr"):
-            if _num(path, v) <= 0:
-                raise ValueError(f"config.{path}={v!r}: a learning rate must be positive")
+            # 0 is allowed: a run that only evaluates (or a frozen-model control) trains at lr 0
+            if _num(path, v) < 0:
+                raise ValueError(f"config.{path}={v!r}: a learning rate must be >= 0")
         elif "dropout" in key or key.endswith("_rate"):
             if not 0 <= _num(path, v) < 1:
                 raise ValueError(f"config.{path}={v!r}: a rate must lie in [0, 1)")

@@ -324,8 +324,9 @@ def load(path: str) -> DecoderLM:
     loaded = load_llama(path, with_lm_head=True)
     tok = toks.from_pretrained(path)
     if tok.vocab_size > loaded.config.vocab_size:
-        raise ValueError(f"{path}: the tokenizer has {tok.vocab_size} ids, the model's vocab_size is "
-                         f"{loaded.config.vocab_size}")
+        raise ValueError(f"{os.path.join(path, 'tokenizer.json')}: the tokenizer has {tok.vocab_size} "
+                         f"ids, the model's vocab_size is {loaded.config.vocab_size} "
+                         f"({os.path.join(path, hf.CONFIG_FILE)}): a tokenizer of another model?")
     info = {}
     if os.path.exists(os.path.join(path, INFO_FILE)):
         info = dict(toks.read_json_object(os.path.join(path, INFO_FILE)).get("info", {}))

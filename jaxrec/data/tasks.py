@@ -1,6 +1,6 @@
 """The task seam: from a prepared dataset to what a method trains and is evaluated on.
 
-A :class:`Task` is everything the core hands a method (DESIGN.md, "The contract"):
+A :class:`Task` is everything the core hands a method (README, "Adding a method: the contract"):
 ``num_items``, ``steps_per_epoch``, the item frequency over all events (the reference
 ``pop_dict`` of the SNQN/SA2C release, used by SA2C's IPS factor, the off-policy NDCG and
 SMORL's novelty; rl.md §5, §7), item side information (titles, genres, images), the
@@ -104,7 +104,7 @@ class TaskParts:
 
 @dataclasses.dataclass
 class Task:
-    """Everything the core hands a method (DESIGN.md, "The contract").
+    """Everything the core hands a method (README, "Adding a method: the contract").
 
     Attributes:
       name: dataset name.

@@ -1,4 +1,4 @@
-"""One module per paper, each implementing the method contract (DESIGN.md).
+"""One module per paper, each implementing the method contract (README, "Adding a method: the contract").
 
 The core (task builders, the trainer, evaluators, checkpointing) serves every method
 without knowing any of them: ``jaxrec.main`` resolves the module named by

@@ -9,7 +9,7 @@ Fine-tuning regimes compared by IISAN (Fu et al., SIGIR 2024, §5.1 baselines; s
 * Houlsby adapters (Houlsby et al., ICML 2019) — every ``adapter_*`` module;
 * BitFit (Ben Zaken et al., ACL 2022, §2) — every bias term, LayerNorm biases included.
 
-Freezing never mutates modules (DESIGN.md): a parameter tree gets a label per leaf,
+Freezing never mutates modules: a parameter tree gets a label per leaf,
 ``'trainable'`` or ``'frozen'``, from ``re.search`` over its '/'-joined path, and
 
 * :func:`masked_optimizer` wraps an optax transform in ``optax.multi_transform`` with

@@ -1,6 +1,6 @@
 """The training loop: one jitted step, periodic evaluation, model selection, checkpoints.
 
-It knows the method contract only (:mod:`jaxrec.methods`; DESIGN.md) and imports no
+It knows the method contract only (:mod:`jaxrec.methods`; README, "Adding a method: the contract") and imports no
 method; which method, task and evaluators run is decided by the caller
 (:func:`jaxrec.experiment.run`, ``jaxrec.main``):
 

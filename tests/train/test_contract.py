@@ -467,8 +467,14 @@ def test_resume_with_another_prng_is_refused(tmp_path, tiny):
     c.train.prng_impl = "unsafe_rbg"
     experiment.run(c, str(tmp_path), dataset=tiny, progress=False, stop_after=1)
     c.train.prng_impl = "threefry2x32"
+    # refused as a changed hyperparameter, naming the field ...
+    with pytest.raises(ValueError, match="train.prng_impl: 'unsafe_rbg' -> 'threefry2x32'"):
+        experiment.run(c, str(tmp_path), dataset=tiny, progress=False)
+    # ... and even with allow_config_change, since the random streams would switch mid-run
+    c.train.allow_config_change = True
     with pytest.raises(ValueError, match="written with 'unsafe_rbg'"):
         experiment.run(c, str(tmp_path), dataset=tiny, progress=False)
+    c.train.allow_config_change = False
     c.train.prng_impl = "unsafe_rbg"
     assert experiment.run(c, str(tmp_path), dataset=tiny, progress=False)["steps_done"] == 2
 
