@@ -9,7 +9,9 @@
 #   STEPS=20 bash scripts/gpu_check.sh           # steps per run (default 20)
 #   SCALE=tiny bash scripts/gpu_check.sh         # CPU rehearsal with tiny sizes (CI-sized)
 #
-# Needs the CUDA build (`make venv CUDA=12`). Writes OUT_DIR/gpu_check.md.
+# Needs the CUDA build (`make venv CUDA=12`). Writes OUT_DIR/gpu_check.md. The CPU rehearsal
+# (SCALE=tiny STEPS=2) runs all six to exit 0 in about 6 minutes on 2 cores; the real-scale
+# settings have never run (no GPU was available yet).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-/tmp/gpu_check}}"
@@ -29,7 +31,7 @@ else
   # A ~0.5B-class decoder (width 1024, 16 layers, 16 heads, FFN 2816), bf16 compute;
   # IISAN with BERT-base + ViT-B/16 shaped towers (towers=base) at the paper's batch.
   DEC="--config.decoder.hidden_size=1024 --config.decoder.intermediate_size=2816 --config.decoder.num_layers=16 --config.decoder.num_heads=16 --config.decoder.pretrain_steps=20"
-  GAZE="--config.model.hidden_size=1024 --config.model.intermediate_size=2816 --config.model.num_layers=16 --config.model.num_heads=16 --config.data.max_len=512"
+  GAZE="--config.model.hidden_size=1024 --config.model.intermediate_size=2816 --config.model.num_layers=16 --config.model.num_heads=16 --config.model.max_position_embeddings=1024 --config.data.max_len=512"
   IISAN_ARGS="towers=base"
   BATCH=32
 fi
