@@ -89,14 +89,14 @@ def resolve_config_args(argv: Sequence[str]) -> list:
                     fail(f"--config: no config file {file!r} and no registered config of that "
                          f"name; registered: {', '.join(configs.names())} (e.g. "
                          f"--config=sqn:smoke), or give a path to a config file")
-                a = prefix + file + (f":{a.partition(':')[2]}" if ":" in a[len(prefix):] else "")
+                a = prefix + file + (f":{arg}" if ":" in a[len(prefix):] else "")
                 break
         else:
             if a in ("--config", "-config"):
                 value = next(it, None)
                 if value is not None:
-                    file, _ = configs.split_spec(value)
-                    out.extend([a, file + (f":{value.partition(':')[2]}" if ":" in value else "")])
+                    file, arg = configs.split_spec(value)
+                    out.extend([a, file + (f":{arg}" if ":" in value else "")])
                     continue
         out.append(a)
     return out

@@ -40,9 +40,9 @@ from jaxrec.backbones.llama import (
     rope_inv_freq,
 )
 from tests.backbones import write_checkpoint
+from tests.backbones.test_llama import B, T, V, _batch  # noqa: F401  (same tiny shapes)
 from tests.numerics import assert_close_to_scale, assert_trees_close
 
-B, T, V = 3, 8, 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,15 +188,6 @@ def random_tensors(config, seed=0):
             z = 0.2 * z
         out[name] = z.astype(np.float32)
     return out
-
-
-def _batch(seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, V, (B, T)).astype(np.int32)
-    mask = np.ones((B, T), np.int32)
-    mask[1, 5:] = 0  # right padding
-    mask[2, :3] = 0  # left padding
-    return ids, mask
 
 
 COMMON = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
